@@ -1,0 +1,122 @@
+"""What a source scan produces: the clips to pack, the files it refused, and the dataset's facts.
+
+Every source module (cochlscene, tau22, csv_folder, ...) turns a folder into a `Scan`; the packer
+never looks at a dataset's layout itself.  Keys are derived here, in one place, so that the same
+source file gets the same key in every split and every pack.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One clip to pack, as listed by a source."""
+
+    path: Path  # absolute path of the audio file
+    source: str  # path relative to the dataset root (POSIX form): how users find the file again
+    label: str  # class name; must be one of Scan.classes
+    split: str  # shard split it goes to (train, val, test, split5, ...)
+    identifier: str | None = None  # recording / location id (recordings must not straddle splits)
+    device: str | None = None  # recording device (TAU: a, b, c, s1..s6)
+    city: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A file that was not packed, and why (written to rejected.csv)."""
+
+    split: str
+    source: str
+    reason: str
+
+
+@dataclass
+class Scan:
+    """A dataset as a source module sees it, before any audio is read."""
+
+    dataset: str  # source name recorded in the manifest (cochlscene, tau22, csv)
+    classes: list[str]  # fixed class order: label_index = classes.index(label)
+    devices: list[str]  # fixed device order (empty when the dataset has no device metadata)
+    splits: dict[str, list[SourceFile]]
+    sample_rate: int  # the dataset's native rate: the default target rate of the shards
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def num_files(self) -> int:
+        return sum(len(files) for files in self.splits.values())
+
+
+def sanitize(stem: str) -> str:
+    """Fold a file stem to the key alphabet [A-Za-z0-9_-] (no dots: DALI splits keys at the first dot)."""
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
+    return _UNSAFE.sub("_", ascii_stem).strip("_") or "clip"
+
+
+def assign_keys(sources: Iterable[str]) -> dict[str, str]:
+    """Map each source path to a unique, dot-free sample key.
+
+    The key is the file stem when that is already safe and unique; otherwise the folded stem plus
+    8 hex digits of the SHA-1 of the source path.  The result depends only on the set of paths, so
+    a file keeps its key across splits and across packs.
+    """
+    unique = sorted(set(sources))
+    stems = {src: Path(src).stem for src in unique}
+    folded = {src: sanitize(stem) for src, stem in stems.items()}
+    counts = collections.Counter(folded.values())
+    keys = {}
+    for src in unique:
+        key = folded[src]
+        if key != stems[src] or counts[key] > 1:
+            key = f"{key}-{hashlib.sha1(src.encode('utf-8')).hexdigest()[:8]}"
+        keys[src] = key
+    if len(set(keys.values())) != len(keys):  # a folded stem that happens to equal another's key+hash
+        raise RuntimeError("sample keys are not unique after disambiguation; please report this dataset layout")
+    return keys
+
+
+def drop_duplicates(files: list[SourceFile]) -> tuple[list[SourceFile], list[Rejection]]:
+    """Keep the first listing of each source file in a split; reject repeats with the reason."""
+    first: dict[str, SourceFile] = {}
+    kept, rejected = [], []
+    for f in files:
+        seen = first.get(f.source)
+        if seen is None:
+            first[f.source] = f
+            kept.append(f)
+        elif seen.label != f.label:
+            rejected.append(Rejection(f.split, f.source, f"listed again with label {f.label!r}; "
+                                      f"the first listing ({seen.label!r}) was packed"))
+        else:
+            rejected.append(Rejection(f.split, f.source, "listed more than once in this split; packed once"))
+    return kept, rejected
+
+
+def drop_missing(files: list[SourceFile], listed_in: str) -> tuple[list[SourceFile], list[Rejection]]:
+    """Reject listed files that do not exist on disk (naming the list that mentioned them)."""
+    kept, rejected = [], []
+    for f in files:
+        if f.path.is_file():
+            kept.append(f)
+        else:
+            rejected.append(Rejection(f.split, f.source, f"listed in {listed_in} but missing on disk"))
+    return kept, rejected
+
+
+def drop_unknown_labels(files: list[SourceFile], classes: list[str]) -> tuple[list[SourceFile], list[Rejection]]:
+    """Reject files whose label is not one of the dataset's classes."""
+    known = set(classes)
+    kept, rejected = [], []
+    for f in files:
+        if f.label in known:
+            kept.append(f)
+        else:
+            rejected.append(Rejection(f.split, f.source, f"unknown label {f.label!r} (classes: {', '.join(classes)})"))
+    return kept, rejected
