@@ -105,6 +105,8 @@ def drop_missing(files: list[SourceFile], listed_in: str) -> tuple[list[SourceFi
     for f in files:
         if f.path.is_file():
             kept.append(f)
+        elif f.path.is_symlink():
+            rejected.append(Rejection(f.split, f.source, "unreadable: dangling symbolic link"))
         else:
             rejected.append(Rejection(f.split, f.source, f"listed in {listed_in} but missing on disk"))
     return kept, rejected

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import webdataset as wds
 
@@ -127,10 +129,25 @@ def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
 
+def iter_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of a shard, in order (members of a key are adjacent)."""
+    key, members = None, {}
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            base, ext = member.name.split(".", 1)
+            if base != key and members:
+                yield key, members
+                members = {}
+            key = base
+            members[ext] = tar.extractfile(member).read()
+    if members:
+        yield key, members
+
+
 def index_from_tar(path: Path) -> str:
     """Rebuild a shard's DALI index by reading the tar's own headers (an independent check of the writer)."""
-    import tarfile
-
     lines: list[list[str]] = []
     last = None
     with tarfile.open(path, "r:") as tar:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .audio import decode
 from .manifest import REJECTED, load_manifest
-from .shards import index_from_tar
+from .shards import index_from_tar, iter_samples
 
 
 def _sha256(path: Path) -> str:
@@ -50,15 +50,11 @@ def _check_shard(job: tuple[Path, dict, dict, str]) -> tuple[list[str], list[str
     elif idx_path.read_text() != rebuilt:
         problems.append(f"{shard['index']}: does not match the tar's contents (re-pack, or rebuild with wds2idx)")
     ext = manifest["audio_extension"]
-    samples: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(tar_path, "r:") as tar:
-            for member in tar:
-                base, member_ext = member.name.split(".", 1)
-                samples.setdefault(base, {})[member_ext] = tar.extractfile(member).read()
+        samples = list(iter_samples(tar_path))
     except (tarfile.TarError, OSError) as exc:
         return problems + [f"{where}: read failed ({exc})"], keys, classes, devices
-    for key, members in samples.items():
+    for key, members in samples:
         keys.append(key)
         here = f"{where}:{key}"
         if ext not in members or "json" not in members:

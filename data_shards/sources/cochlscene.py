@@ -45,7 +45,7 @@ def scan(root: Path, splits: list[str] | None = None) -> Scan:
             elif path.suffix.lower() not in AUDIO_SUFFIXES:
                 result.rejected.append(Rejection(split, rel, f"not an audio file (extension {path.suffix or 'none'!r})"))
             else:
-                files.append(SourceFile(path.resolve(), rel, inner[0], split, identifier=identifier(path.stem)))
+                files.append(SourceFile(path.absolute(), rel, inner[0], split, identifier=identifier(path.stem)))
         files, unknown = drop_unknown_labels(files, CLASSES)
         result.rejected += unknown
         result.splits[split] = files

@@ -69,7 +69,7 @@ def scan(root: Path, csv_file: Path, *, path_column: str = "path", label_column:
             rejected.append(Rejection("", rel, f"empty split (column {split_column!r})"))
         else:
             path = Path(rel) if Path(rel).is_absolute() else root / rel
-            by_split[split].append(SourceFile(path.resolve(), rel, row[label_column], split,
+            by_split[split].append(SourceFile(path.absolute(), rel, row[label_column], split,
                                               device=row[device_column] or None if device_column else None))
     class_list = list(classes) if classes else sorted({f.label for fs in by_split.values() for f in fs})
     devices = sorted({f.device for fs in by_split.values() for f in fs if f.device})

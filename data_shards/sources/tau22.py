@@ -107,7 +107,7 @@ def scan(root: Path, splits: list[str] | None = None) -> Scan:
             if reason:
                 result.rejected.append(Rejection(split, name, reason))
                 continue
-            files.append(SourceFile((root / name).resolve(), name, info.scene_label, split,
+            files.append(SourceFile((root / name).absolute(), name, info.scene_label, split,
                                     identifier=info.identifier, device=device,
                                     city=info.identifier.split("-", 1)[0] or None))
         files, dups = drop_duplicates(files)

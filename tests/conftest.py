@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny demo corpus in the real layouts, packed once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from data_shards.pack import PackOptions, pack
+from data_shards.sources import cochlscene, demo, tau22
+
+from .helpers import TINY
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> dict[str, Path]:
+    return demo.generate(tmp_path_factory.mktemp("demo_raw"), seed=7, size=TINY)
+
+
+@pytest.fixture(scope="session")
+def packed(demo_root, tmp_path_factory) -> dict[str, Path]:
+    """The demo packed with small shards (several per split) and 2 worker processes."""
+    out = tmp_path_factory.mktemp("demo_shards")
+    folders = {}
+    for scan in (cochlscene.scan(demo_root["cochlscene"]), tau22.scan(demo_root["tau22"])):
+        result = pack(scan, PackOptions(out=out, shard_samples=7, workers=2, seed=3))
+        folders[scan.dataset] = result.folder
+    return folders
