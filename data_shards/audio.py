@@ -147,6 +147,18 @@ def load_clip(path: Path, *, sample_rate: int, audio_format: str) -> Encoded:
                    channels, conversions)
 
 
+def encode_job(job: tuple[Path, int, str]) -> Encoded | str:
+    """Packing worker entry point: (path, sample_rate, audio_format) -> the clip, or the rejection reason.
+
+    Lives here, not in pack.py, so worker processes import only numpy and soundfile.
+    """
+    path, sample_rate, audio_format = job
+    try:
+        return load_clip(path, sample_rate=sample_rate, audio_format=audio_format)
+    except AudioError as exc:
+        return str(exc)
+
+
 def encode(samples: np.ndarray, sample_rate: int, audio_format: str) -> bytes:
     """Encode mono int16 (16-bit) or left-aligned int32 (24-bit) samples."""
     if audio_format == "pcm16":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import PACKER_VERSION
-from .audio import FORMATS, AudioError, Encoded, load_clip
+from .audio import FORMATS, Encoded, encode_job
 from .manifest import MANIFEST, REJECTED, write_atomic
 from .records import Rejection, Scan, SourceFile, assign_keys
 from .shards import ShardSink, sample_json
@@ -53,15 +53,6 @@ class PackResult:
     folder: Path
     manifest: dict
     rejected: list[Rejection]
-
-
-def _encode(job: tuple[SourceFile, int, str]) -> Encoded | str:
-    """Worker: the encoded clip, or the rejection reason."""
-    src, sample_rate, audio_format = job
-    try:
-        return load_clip(src.path, sample_rate=sample_rate, audio_format=audio_format)
-    except AudioError as exc:
-        return str(exc)
 
 
 def _shuffled(files: list[SourceFile], seed: int, split: str) -> list[SourceFile]:
@@ -141,8 +132,8 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
                                            disable=None) as bar:
             for split, files in scan.splits.items():
                 order = _shuffled(files, options.seed, split)
-                jobs = [(f, sample_rate, options.audio_format) for f in order]
-                results = pool.imap(_encode, jobs, chunksize=4) if pool else map(_encode, jobs)
+                jobs = [(f.path, sample_rate, options.audio_format) for f in order]
+                results = pool.imap(encode_job, jobs, chunksize=4) if pool else map(encode_job, jobs)
                 sink = ShardSink(partial / split, split, max_bytes=options.shard_bytes,
                                  max_samples=options.shard_samples)
                 seconds = 0.0

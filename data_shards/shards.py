@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import webdataset as wds
 
 INDEX_VERSION = "v1.2"
 _BLOCK = 512
@@ -103,6 +102,9 @@ class ShardSink:
         return self._tar.tarstream.offset >= self.max_bytes
 
     def _start(self) -> None:
+        # Imported here: webdataset pulls in torch (~1 s), which packing worker processes never need.
+        import webdataset as wds
+
         name = f"shard-{len(self.shards):06d}"
         self._name = name
         self._writer = _HashingFile(self.folder / f"{name}.tar")

@@ -189,15 +189,15 @@ def test_interrupted_pack_leaves_nothing_that_looks_complete(demo_root, tmp_path
     done = pack(scan, PackOptions(out=tmp_path, seed=1)).folder
     before = (done / "manifest.json").read_bytes()
     calls = {"n": 0}
-    real = pack_module.load_clip
+    real = pack_module.encode_job
 
-    def dying(*args, **kwargs):
+    def dying(job):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(job)
 
-    monkeypatch.setattr("data_shards.pack.load_clip", dying)
+    monkeypatch.setattr("data_shards.pack.encode_job", dying)
     with pytest.raises(KeyboardInterrupt):
         pack(scan, PackOptions(out=tmp_path, seed=2, overwrite=True))
     assert (done / "manifest.json").read_bytes() == before, "the previous complete pack must survive"
@@ -210,6 +210,6 @@ def test_interrupted_pack_leaves_nothing_that_looks_complete(demo_root, tmp_path
         pack(scan, PackOptions(out=tmp_path, seed=2))
     (tmp_path / ".stale.partial").mkdir()
     (tmp_path / ".stale.partial" / "shard-000000.tar").write_bytes(b"half")
-    monkeypatch.setattr("data_shards.pack.load_clip", real)
+    monkeypatch.setattr("data_shards.pack.encode_job", real)
     assert pack(scan, PackOptions(out=tmp_path, name="stale")).folder == tmp_path / "stale"
     assert not (tmp_path / ".stale.partial").exists()
