@@ -1,0 +1,346 @@
+"""PaSST: the Patchout faSt Spectrogram Transformer (Koutini et al., 2021), checkpoint-compatible.
+
+State-dict keys and shapes are those of the official AudioSet checkpoint
+(`passt-s-f128-p16-s10-ap.476-swa.pt`), so it, Lightning fine-tunes (`net.` / `net_swa.` prefixes)
+and this project's exported `model.pt` all load through `load_pretrained`.
+
+Clip length is handled on purpose.  The time positional embedding has `max_time_patches` (99)
+positions, 10 s at 32 kHz:
+- fewer time patches (1-s clips: 9 at 32 kHz, 13 at 44.1 kHz): training uses a random contiguous
+  slice of the time embedding, evaluation the first positions (as the reference does);
+- more time patches (10-s clips at 44.1 kHz give 137): training takes a random crop of
+  `window_frames` mel frames (exactly 99 patches); evaluation slides windows of that size with a
+  hop of `window_hop_frames` (half a window, on the patch grid, the last window flush with the end)
+  and averages their logits.  The reference silently cut such inputs; we never do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class PaSSTConfig:
+    """Architecture and training-time behaviour of a PaSST model."""
+
+    num_classes: int = 527  # output units of head and head_dist
+    embed_dim: int = 768  # token width
+    depth: int = 12  # transformer blocks
+    num_heads: int = 12  # attention heads per block
+    mlp_ratio: float = 4.0  # MLP hidden width / embed_dim
+    patch_size: int = 16  # square patch side in mel bins and frames
+    patch_stride: int = 10  # patch stride in both directions (overlapping patches)
+    n_mels: int = 128  # mel bins of the input (12 frequency patches)
+    max_frames: int = 998  # frames the time embedding was sized for (99 time patches)
+    s_patchout_t: int = 0  # time columns of the patch grid dropped per batch in training
+    s_patchout_f: int = 0  # frequency rows dropped per batch in training
+    attention: str = "sdpa"  # "sdpa" (flash / memory-efficient kernels) or "plain" (explicit softmax)
+    checkpoint_activations: bool = False  # recompute block activations in backward to save memory
+
+    @property
+    def freq_patches(self) -> int:
+        return (self.n_mels - self.patch_size) // self.patch_stride + 1
+
+    @property
+    def max_time_patches(self) -> int:
+        return (self.max_frames - self.patch_size) // self.patch_stride + 1
+
+    @property
+    def window_frames(self) -> int:
+        """Frames that give exactly `max_time_patches` patches: the crop / window length for long clips."""
+        return (self.max_time_patches - 1) * self.patch_stride + self.patch_size
+
+    @property
+    def window_hop_frames(self) -> int:
+        """Hop between evaluation windows: half the patches, so windows share the patch grid."""
+        return max(1, self.max_time_patches // 2) * self.patch_stride
+
+    def time_patches(self, frames: int) -> int:
+        return (frames - self.patch_size) // self.patch_stride + 1
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, kind: str):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        if kind not in ("sdpa", "plain"):
+            raise ValueError(f"attention must be 'sdpa' or 'plain', not {kind!r}")
+        self.num_heads = num_heads
+        self.kind = kind
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.kind == "sdpa":
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * (d // self.num_heads) ** -0.5) @ k.transpose(-2, -1)
+            x = attn.softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (DeiT), LayerNorm eps 1e-6."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, attention)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch: int, stride: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class PaSST(nn.Module):
+    """PaSST with cls + dist tokens, separate frequency / time positional embeddings and patchout."""
+
+    def __init__(self, config: PaSSTConfig = PaSSTConfig()):
+        super().__init__()
+        self.config = config
+        d = config.embed_dim
+        self.patch_embed = PatchEmbed(config.patch_size, config.patch_stride, d)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.new_pos_embed = nn.Parameter(torch.zeros(1, 2, d))
+        self.freq_new_pos_embed = nn.Parameter(torch.zeros(1, d, config.freq_patches, 1))
+        self.time_new_pos_embed = nn.Parameter(torch.zeros(1, d, 1, config.max_time_patches))
+        self.blocks = nn.ModuleList(Block(d, config.num_heads, config.mlp_ratio, config.attention)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, config.num_classes))
+        self.head_dist = nn.Linear(d, config.num_classes)  # in the checkpoint; unused in forward
+        self._init_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    def _init_weights(self) -> None:
+        for p in (self.cls_token, self.dist_token, self.new_pos_embed, self.freq_new_pos_embed,
+                  self.time_new_pos_embed):
+            nn.init.trunc_normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def reinit_heads(self, num_classes: int) -> None:
+        """New `head.1` / `head_dist` for `num_classes` (trunc-normal 0.02, zero bias); `head.0` is kept."""
+        d = self.config.embed_dim
+        ref = self.head[0].weight
+        self.head[1] = nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype)
+        self.head_dist = nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype)
+        for m in (self.head[1], self.head_dist):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        self.config = replace(self.config, num_classes=num_classes)
+
+    def tokens(self, mel: torch.Tensor) -> torch.Tensor:
+        """Patch, position and (in training) patch out: [B, 1, F, T] -> [B, 2 + kept patches, D]."""
+        c = self.config
+        x = self.patch_embed(mel)
+        _, _, fp, tp = x.shape
+        if fp != c.freq_patches:
+            raise ValueError(f"input has {mel.shape[-2]} mel bins ({fp} frequency patches); "
+                             f"the model expects n_mels={c.n_mels}")
+        if tp > c.max_time_patches:
+            raise ValueError(f"{tp} time patches exceed the time embedding ({c.max_time_patches}); "
+                             "call forward(), which crops or windows long inputs")
+        start = 0
+        if tp < c.max_time_patches and self.training:
+            start = int(torch.randint(0, c.max_time_patches - tp + 1, (1,)))
+        x = x + self.time_new_pos_embed[:, :, :, start:start + tp] + self.freq_new_pos_embed
+        if self.training and c.s_patchout_t:
+            keep = torch.randperm(tp, device=x.device)[:max(0, tp - c.s_patchout_t)].sort().values
+            x = x[:, :, :, keep]
+        if self.training and c.s_patchout_f:
+            keep = torch.randperm(fp, device=x.device)[:max(0, fp - c.s_patchout_f)].sort().values
+            x = x[:, :, keep, :]
+        x = x.flatten(2).transpose(1, 2)  # f-major: token index f * T + t
+        b = x.shape[0]
+        special = torch.cat([self.cls_token, self.dist_token], dim=1) + self.new_pos_embed
+        return torch.cat([special.expand(b, -1, -1), x], dim=1)
+
+    def forward_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """[B, 1, F, T] (at most `max_time_patches`) -> pooled features (cls + dist) / 2, [B, D]."""
+        x = self.tokens(mel)
+        for block in self.blocks:
+            if self.config.checkpoint_activations and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        x = self.norm(x)
+        return (x[:, 0] + x[:, 1]) / 2
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and features for [B, 1, F, T] of any length (long inputs cropped / windowed)."""
+        frames = mel.shape[-1]
+        if self.config.time_patches(frames) <= self.config.max_time_patches:
+            features = self.forward_features(mel)
+            return self.forward_head(features), features
+        window = self.config.window_frames
+        if self.training:
+            start = int(torch.randint(0, frames - window + 1, (1,)))
+            features = self.forward_features(mel[..., start:start + window])
+            return self.forward_head(features), features
+        starts = list(range(0, frames - window + 1, self.config.window_hop_frames))
+        if starts[-1] != frames - window:
+            starts.append(frames - window)
+        logits, features = zip(*(self(mel[..., s:s + window]) for s in starts))
+        return torch.stack(logits).mean(0), torch.stack(features).mean(0)
+
+
+def _build(defaults: dict, num_classes: int, overrides: dict) -> PaSST:
+    return PaSST(PaSSTConfig(**{**defaults, "num_classes": num_classes, **overrides}))
+
+
+def passt_s(num_classes: int = 527, **overrides) -> PaSST:
+    """PaSST-S (ViT-B/DeiT-B: 768 wide, 12 blocks, 12 heads): the AudioSet checkpoint's architecture."""
+    return _build({}, num_classes, overrides)
+
+
+def passt_tiny(num_classes: int = 527, **overrides) -> PaSST:
+    """DeiT-Tiny shape (192 wide, 12 blocks, 3 heads): quick GPU experiments."""
+    return _build({"embed_dim": 192, "depth": 12, "num_heads": 3}, num_classes, overrides)
+
+
+def passt_mini(num_classes: int = 527, **overrides) -> PaSST:
+    """128 wide, 4 blocks, 4 heads: trains the demo on a CPU in minutes."""
+    return _build({"embed_dim": 128, "depth": 4, "num_heads": 4}, num_classes, overrides)
+
+
+def passt_micro(num_classes: int = 527, **overrides) -> PaSST:
+    """32 wide, 2 blocks, 2 heads: unit tests."""
+    return _build({"embed_dim": 32, "depth": 2, "num_heads": 2}, num_classes, overrides)
+
+
+MODELS = {"passt_s": passt_s, "passt_tiny": passt_tiny, "passt_mini": passt_mini, "passt_micro": passt_micro}
+
+
+def create_model(name: str, num_classes: int, **overrides) -> PaSST:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name](num_classes, **overrides)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+_WRAPPER_PREFIXES = ("net_swa.", "net.")  # Lightning PaSST modules: SWA weights preferred
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP / torch.compile / generic wrappers
+_HEAD_KEYS = ("head.1.weight", "head.1.bias", "head_dist.weight", "head_dist.bias")
+
+
+def filter_state_dict(state: dict) -> dict:
+    """Reduce any supported checkpoint to bare PaSST keys.
+
+    Accepts the official state dict, this project's `model.pt` (`{"state_dict", "classes", "config"}`)
+    and Lightning checkpoints (`{"state_dict": {"net.*", "net_swa.*", "mel.*", ...}}`).
+    """
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    for prefix in _WRAPPER_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    out = {}
+    for key, value in state.items():
+        for prefix in _STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def load_pretrained(model: PaSST, path: str | Path) -> PaSST:
+    """Load weights from `path` into `model` (in place; also returned).
+
+    With the checkpoint's class count everything loads strictly.  With another class count the
+    classifier (`head.1.*`, `head_dist.*`) is dropped and re-initialised; `head.0` (LayerNorm) is kept.
+    Any other missing, unexpected or mis-shaped key is an error naming the keys and shapes.
+    """
+    try:
+        raw = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} not found") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a state dict or a checkpoint dict, found {type(raw).__name__}")
+    state = filter_state_dict(raw)
+    new_heads = "head.1.weight" in state and state["head.1.weight"].shape[0] != model.num_classes
+    if new_heads:
+        state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
+        model.reinit_heads(model.num_classes)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not (new_heads and k in _HEAD_KEYS)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes[:10]))
+        if missing:
+            parts.append("missing from checkpoint: " + ", ".join(missing[:10]))
+        if unexpected:
+            parts.append("not in the model: " + ", ".join(unexpected[:10]))
+        raise ValueError(f"{path} does not fit {type(model).__name__}({model.config.embed_dim} wide, "
+                         f"depth {model.config.depth}): " + " | ".join(parts))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def flops_per_sample(config: PaSSTConfig, frames: int, training: bool) -> float:
+    """Forward FLOPs (2 x multiply-adds) of one sample, counted from the layer shapes.
+
+    Patch embedding over all patches; blocks over the tokens left after patchout (training) or all
+    (evaluation); the classifier head.  Softmax, norms and GELU are not counted.
+    """
+    c = config
+    fp, tp = c.freq_patches, min(c.time_patches(frames), c.max_time_patches)
+    macs = fp * tp * c.embed_dim * c.patch_size ** 2
+    if training:
+        fp, tp = max(0, fp - c.s_patchout_f), max(0, tp - c.s_patchout_t)
+    n, d, h = fp * tp + 2, c.embed_dim, int(c.embed_dim * c.mlp_ratio)
+    macs += c.depth * (n * 3 * d * d + 2 * n * n * d + n * d * d + 2 * n * d * h)
+    macs += d * c.num_classes
+    return 2.0 * macs
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
