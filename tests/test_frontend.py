@@ -1,0 +1,107 @@
+"""The mel front-end against an independent NumPy computation of the same formulas, and its augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.model.frontend import PRESETS, MelFrontend
+
+
+def _numpy_logmel(wave: np.ndarray, sr: int, fmin: float, fmax: float, n_mels=128, n_fft=1024, win=800,
+                  hop=320) -> np.ndarray:
+    """Written from the formulas alone (float64), sharing no code with the module under test."""
+    x = wave[:, 1:] - 0.97 * wave[:, :-1]
+    pad = n_fft // 2
+    x = np.pad(x, ((0, 0), (pad, pad)), mode="reflect")
+    window = np.zeros(n_fft)
+    left = (n_fft - win) // 2
+    window[left:left + win] = np.hanning(win)  # symmetric = periodic=False
+    frames = 1 + (x.shape[1] - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.fft.rfft(x[:, idx] * window, axis=-1)  # [B, frames, 513]
+    power = spec.real ** 2 + spec.imag ** 2
+    mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731
+    lo, hi = mel(fmin), mel(fmax)
+    delta = (hi - lo) / (n_mels + 1)
+    bin_mel = mel(np.arange(n_fft // 2) * sr / n_fft)
+    banks = np.zeros((n_mels, n_fft // 2 + 1))
+    for m in range(n_mels):
+        l, c, r = lo + m * delta, lo + (m + 1) * delta, lo + (m + 2) * delta
+        banks[m, :-1] = np.maximum(0.0, np.minimum((bin_mel - l) / (c - l), (r - bin_mel) / (r - c)))
+    melspec = np.einsum("mk,bfk->bmf", banks, power)
+    return ((np.log(melspec + 1e-5) + 4.5) / 5.0)[:, None]
+
+
+@pytest.mark.parametrize("preset,fmax", [("sit44k", 21550), ("dcase32k", 15500)])
+def test_eval_output_matches_numpy(preset, fmax):
+    cfg = PRESETS[preset]
+    assert cfg.eval_fmax == fmax
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal((2, cfg.sample_rate)) * 0.1
+    wave[1] *= np.linspace(0, 1, cfg.sample_rate)  # a quiet onset: small energies in the log too
+    frontend = MelFrontend.from_config(cfg).eval()
+    out = frontend(torch.from_numpy(wave).float()).numpy()
+    ref = _numpy_logmel(wave.astype(np.float32).astype(np.float64), cfg.sample_rate, 0.0, fmax)
+    assert out.shape == ref.shape == (2, 1, 128, frontend.frames(cfg.sample_rate))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_frame_counts():
+    assert MelFrontend(44100).frames(44100) == 138
+    assert MelFrontend(32000).frames(32000) == 100
+    assert MelFrontend(44100).frames(441000) == 1379
+
+
+def test_training_masks_are_per_sample():
+    torch.manual_seed(0)
+    frontend = MelFrontend(32000, freqm=48, timem=40, fmax_aug_range=1).train()
+    wave = torch.randn(1, 32000).repeat(8, 1) * 0.1
+    out = frontend(wave)
+    masked = out == 0.9  # mask value 0 before (x + 4.5) / 5
+    clean = MelFrontend(32000, fmax_aug_range=1).eval()(wave)
+    torch.testing.assert_close(out[~masked], clean[~masked])
+    patterns = {tuple(m.flatten().nonzero().flatten().tolist()) for m in masked}
+    assert len(patterns) > 4, "each sample must get its own masks"
+    for m in masked[:, 0]:
+        rows = m.all(dim=1).nonzero().flatten().tolist()
+        cols = m.all(dim=0).nonzero().flatten().tolist()
+        assert rows == list(range(rows[0], rows[0] + len(rows))) if rows else True
+        assert cols == list(range(cols[0], cols[0] + len(cols))) if cols else True
+        assert len(rows) < 48 and len(cols) < 40
+
+
+def test_fmin_fmax_jitter_only_in_training():
+    wave = torch.randn(2, 32000) * 0.1
+    jitter = MelFrontend(32000, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000)
+    torch.manual_seed(1)
+    a = jitter.train()(wave)
+    b = jitter(wave)
+    assert not torch.equal(a, b)
+    assert torch.equal(jitter.eval()(wave), jitter(wave))
+    still = MelFrontend(32000, freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1)
+    torch.testing.assert_close(still.train()(wave), still.eval()(wave))
+
+
+def test_fp32_inside_autocast():
+    frontend = MelFrontend(44100).eval()
+    wave = torch.randn(2, 44100) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = frontend(wave.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, frontend(wave.bfloat16().float()))
+
+
+def test_bad_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\[batch, samples\]"):
+        MelFrontend(32000)(torch.randn(32000))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_matches_cpu():
+    wave = torch.randn(4, 44100) * 0.1
+    frontend = MelFrontend(44100).eval()
+    cpu = frontend(wave)
+    gpu = frontend.cuda()(wave.cuda()).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)
