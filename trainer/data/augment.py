@@ -1,0 +1,95 @@
+"""Batch augmentations in torch (GPU or CPU, same code): waveform roll, device impulse responses, gain,
+and frequency MixStyle on log-mels.  All are identity in eval mode.
+
+Both loader backends deliver plain waveform batches and share these modules, so augmentation is
+identical whichever backend reads the shards.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import nn
+
+
+def load_impulse_responses(folder: str | Path, sample_rate: int) -> torch.Tensor:
+    """All WAV/FLAC files of `folder` as mono float32 at `sample_rate`, zero-padded to the longest: [N, K]."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".wav", ".flac")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no impulse responses (*.wav, *.flac) in {folder}: set the DIR folder "
+                                "to the MicIRP set, or set dir_prob=0")
+    irs = []
+    for path in files:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        ir = torch.from_numpy(data.mean(axis=1))
+        if rate != sample_rate:
+            ir = AF.resample(ir, rate, sample_rate)
+        irs.append(ir)
+    return nn.utils.rnn.pad_sequence(irs, batch_first=True)
+
+
+class WaveAugment(nn.Module):
+    """Per-sample roll, device-impulse-response convolution (device-a clips only) and gain."""
+
+    def __init__(self, roll: int = 0, dir_prob: float = 0.0, impulse_responses: torch.Tensor | None = None,
+                 dir_device: int = 0, gain_db: float = 0.0):
+        super().__init__()
+        if dir_prob > 0 and impulse_responses is None:
+            raise ValueError("dir_prob > 0 needs impulse responses (the MicIRP folder)")
+        self.roll = roll
+        self.dir_prob = dir_prob
+        self.dir_device = dir_device
+        self.gain_db = gain_db
+        self.register_buffer("irs", impulse_responses if impulse_responses is not None else torch.zeros(0, 1),
+                             persistent=False)
+
+    def forward(self, audio: torch.Tensor, device: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return audio
+        b, n = audio.shape
+        if self.roll:
+            shift = torch.randint(-self.roll, self.roll + 1, (b, 1), device=audio.device)
+            audio = audio.gather(1, (torch.arange(n, device=audio.device) - shift) % n)
+        if self.dir_prob > 0:
+            chosen = (device == self.dir_device) & (torch.rand(b, device=audio.device) < self.dir_prob)
+            if chosen.any():
+                irs = self.irs[torch.randint(len(self.irs), (int(chosen.sum()),), device=audio.device)]
+                audio = audio.clone()
+                audio[chosen] = fft_convolve(audio[chosen], irs)[:, :n]
+        if self.gain_db:
+            gain = (torch.rand(b, 1, device=audio.device) * 2 - 1) * self.gain_db
+            audio = audio * 10.0 ** (gain / 20.0)
+        return audio
+
+
+def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Full linear convolution of rows of x [B, N] with rows of h [B, K] -> [B, N + K - 1], via rfft."""
+    size = x.shape[-1] + h.shape[-1] - 1
+    return torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(h, size), size)
+
+
+class FreqMixStyle(nn.Module):
+    """Frequency MixStyle on [B, C, F, T]: with probability p per batch, mix per-bin statistics between samples.
+
+    mu, sig over (channel, time) per sample and bin (unbiased variance, sig = sqrt(var + eps), detached);
+    lam ~ Beta(alpha, alpha) per sample; perm a random permutation of the batch.
+    """
+
+    def __init__(self, p: float = 0.4, alpha: float = 0.4, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p <= 0 or torch.rand(1).item() > self.p:
+            return x
+        b = x.shape[0]
+        mu = x.mean(dim=(1, 3), keepdim=True).detach()
+        sig = (x.var(dim=(1, 3), keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((b, 1, 1, 1)).to(x.device, x.dtype)
+        perm = torch.randperm(b, device=x.device)
+        mixed_sig = lam * sig + (1 - lam) * sig[perm]
+        mixed_mu = lam * mu + (1 - lam) * mu[perm]
+        return (x - mu) / sig * mixed_sig + mixed_mu

@@ -1,0 +1,117 @@
+"""DALI reader of a manifest's split: webdataset reader + CPU audio decode, crop / pad on the device.
+
+`audio_pipeline` is the pure graph; `pipeline_arguments` turns a manifest, a split and loader
+settings into its arguments; `DaliReader` runs it for exactly the batches an `EpochPlan` asks for and
+hands waveforms (on the pipeline's device) and per-sample metadata to the loader.  The same graph
+runs with `device="cpu"` on machines without a GPU (CI) and `device="gpu"` for training.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+import nvidia.dali.math as dmath
+
+from data_shards.manifest import shard_paths
+
+from .epoch import EpochPlan
+
+_DECODE_ERROR = re.compile(r"Error decoding file (?P<tar>.+?):(?P<offset>\d+):(?P<member>[^\s.]+)\.\S+")
+
+
+class CorruptSampleError(RuntimeError):
+    """A sample whose audio cannot be decoded; names the shard and key."""
+
+
+@pipeline_def
+def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, audio_format: str, source_rate: int,
+                   sample_rate: int, crop: int | None, training: bool, shard_id: int, num_shards: int,
+                   initial_fill: int, device: str):
+    audio, meta = fn.readers.webdataset(
+        paths=paths, index_paths=index_paths, ext=[ext, "json"], missing_component_behavior="error",
+        shard_id=shard_id, num_shards=num_shards, random_shuffle=training, initial_fill=initial_fill,
+        stick_to_shard=not training, pad_last_batch=not training, name="reader")
+    if audio_format == "pcm16":
+        wave = fn.cast(fn.reinterpret(audio, dtype=types.INT16), dtype=types.FLOAT) * (1.0 / 32768.0)
+        if source_rate != sample_rate:
+            wave = fn.audio_resample(wave, in_rate=float(source_rate), out_rate=float(sample_rate))
+    else:
+        wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(sample_rate))
+    if device == "gpu":
+        wave = wave.gpu()
+    if crop is None:
+        return fn.pad(wave, axes=[0]), meta  # whole clips, zero-padded to the longest in the batch
+    if training:
+        span = dmath.max(wave.shape(dtype=types.FLOAT) - crop, 0.0)
+        start = dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (span + 1.0)), span)
+    else:
+        start = fn.constant(fdata=[0.0])
+    wave = fn.slice(wave, start, fn.constant(fdata=[float(crop)]), axes=[0], normalized_anchor=False,
+                    normalized_shape=False, out_of_bounds_policy="pad",
+                    fill_values=0.0)
+    return wave, meta
+
+
+def pipeline_arguments(folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
+                       crop: int | None, device: str, shuffle_buffer: int) -> dict:
+    tars, indexes = shard_paths(folder, manifest, split)
+    return dict(paths=[str(p) for p in tars], index_paths=[str(p) for p in indexes],
+                ext=manifest["audio_extension"], audio_format=manifest["audio_format"],
+                source_rate=manifest["sample_rate"], sample_rate=sample_rate, crop=crop, training=plan.training,
+                shard_id=plan.rank, num_shards=plan.world_size, initial_fill=shuffle_buffer, device=device)
+
+
+class DaliReader:
+    """Runs the pipeline: training streams on across epochs; evaluation rebuilds it per pass from position 0."""
+
+    def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
+                 crop: int | None, device: str, seed: int, num_threads: int = 2, shuffle_buffer: int = 1024):
+        self.plan = plan
+        self.folder = folder
+        self.device = device
+        self._kwargs = pipeline_arguments(folder, manifest, split, plan, sample_rate=sample_rate, crop=crop,
+                                          device="gpu" if device == "cuda" else "cpu",
+                                          shuffle_buffer=min(shuffle_buffer, max(1, plan.size)))
+        self._pipe_args = dict(batch_size=plan.batch_size, num_threads=num_threads, seed=seed + plan.rank,
+                               device_id=torch.cuda.current_device() if device == "cuda" else None,
+                               prefetch_queue_depth=2)
+        self._pipe = None
+
+    def _build(self):
+        pipe = audio_pipeline(**self._pipe_args, **self._kwargs)
+        pipe.build()
+        return pipe
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        if self._pipe is None or not self.plan.training:
+            self._pipe = self._build()
+        for _ in range(self.plan.batches):
+            try:
+                wave, meta = self._pipe.run()
+            except RuntimeError as exc:
+                self._pipe = None  # a failed DALI pipeline cannot run again
+                raise self._explain(exc) from None
+            yield self._to_torch(wave), [json.loads(bytes(np.array(meta.at(i)))) for i in range(len(meta))]
+
+    def _to_torch(self, wave) -> torch.Tensor:
+        if self.device != "cuda":
+            return torch.from_numpy(np.array(wave.as_tensor()))
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = wave.as_tensor()
+        out = torch.empty(dense.shape(), dtype=torch.float32, device="cuda")
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
+        return out
+
+    def _explain(self, exc: RuntimeError) -> Exception:
+        found = _DECODE_ERROR.search(str(exc))
+        if not found:
+            return exc
+        return CorruptSampleError(
+            f"corrupt audio in shard {found['tar']} (key {found['member']}, byte offset {found['offset']}); "
+            f"check the dataset with: python -m data_shards verify {self.folder}")

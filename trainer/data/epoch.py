@@ -1,0 +1,56 @@
+"""Samples -> per-rank ranges -> batches per epoch: the one place this arithmetic lives.
+
+Ranks own contiguous ranges of the split (DALI's `shard_id` / `num_shards` convention: rank r reads
+global samples [N r // W, N (r + 1) // W)).  Training drops the tail so that every rank yields the
+same number of batches (unequal counts hang collectives).  Evaluation pads every rank up to the
+largest range, so that across ranks every sample is seen exactly once and the padding is marked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank reads in one epoch."""
+
+    num_samples: int  # samples in the split (all ranks)
+    rank: int
+    world_size: int
+    batch_size: int  # per rank
+    training: bool
+    start: int  # this rank's first global sample index
+    size: int  # samples in this rank's range
+    batches: int  # batches every rank yields per epoch
+
+    @property
+    def padding(self) -> int:
+        """Padded (invalid) positions this rank yields per epoch in evaluation."""
+        return 0 if self.training else self.batches * self.batch_size - self.size
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+
+def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
+    return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
+
+
+def plan_epoch(num_samples: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
+               training: bool) -> EpochPlan:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    start, end = rank_range(num_samples, rank, world_size)
+    smallest = num_samples // world_size
+    largest = -(-num_samples // world_size)
+    if training:
+        batches = smallest // batch_size
+        if batches == 0:
+            raise ValueError(f"the split has {num_samples} samples: fewer than one batch of {batch_size} per rank "
+                             f"on {world_size} rank(s); lower the batch size or use more data")
+    else:
+        batches = -(-largest // batch_size)
+    return EpochPlan(num_samples, rank, world_size, batch_size, training, start, end - start, batches)

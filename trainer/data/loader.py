@@ -1,0 +1,101 @@
+"""`make_loader`: one interface over the DALI and torch readers of a manifest's split.
+
+The training loop sees dicts with `audio` [B, L] float32 on the requested device, `label` and
+`device` int64 [B], `key` (list of str) and, in evaluation, `valid` bool [B] (False only for padding
+that keeps ranks in step).  Waveform augmentation (roll, DIR, gain) is applied here, in training,
+whatever the backend.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from data_shards.manifest import load_manifest
+
+from .augment import WaveAugment, load_impulse_responses
+from .epoch import EpochPlan, plan_epoch
+
+BACKENDS = ("dali", "torch")
+
+
+class Loader:
+    """Iterating gives one epoch of `len(loader)` batches; each new iteration is the next epoch."""
+
+    def __init__(self, reader, plan: EpochPlan, augment: WaveAugment, device: torch.device, classes: list[str],
+                 devices: list[str]):
+        self.reader, self.plan, self.augment, self.device = reader, plan, augment, device
+        self.classes, self.devices = classes, devices
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.plan.batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        position = 0
+        for audio, metas in self.reader.epoch(epoch):
+            audio = audio.to(self.device, non_blocking=True)
+            batch = {
+                "label": torch.tensor([m["label_index"] for m in metas], dtype=torch.int64, device=self.device),
+                "device": torch.tensor([m.get("device_index", -1) for m in metas], dtype=torch.int64,
+                                       device=self.device),
+                "key": [m["key"] for m in metas],
+            }
+            if self.plan.training:
+                batch["audio"] = self.augment(audio, batch["device"])
+            else:
+                batch["audio"] = audio
+                valid = torch.arange(position, position + len(metas)) < self.plan.size
+                batch["valid"] = valid.to(self.device)
+            position += len(metas)
+            yield batch
+
+
+def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bool, backend: str = "dali",
+                device: str = "cpu", rank: int = 0, world_size: int = 1, sample_rate: int | None = None,
+                clip_seconds: float | None | str = "auto", roll: int = 0, dir_prob: float = 0.0,
+                dir_folder: str | Path | None = None, gain_db: float = 0.0, seed: int = 0, num_workers: int = 2,
+                shuffle_buffer: int = 1024) -> Loader:
+    """A loader of `split` of the packed dataset in `shards` (the folder holding manifest.json).
+
+    sample_rate: output rate (default: the shards'); clip_seconds: crop / pad length ("auto": the
+    manifest's typical clip length; None: whole clips, padded to the longest in the batch);
+    roll: maximum circular shift in samples; dir_prob: probability of convolving a device-a clip with
+    a random impulse response from `dir_folder`; gain_db: uniform gain in [-gain_db, gain_db] dB.
+    Augmentations act only in training.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    folder = Path(shards)
+    manifest = load_manifest(folder)
+    if split not in manifest["splits"]:
+        raise ValueError(f"{folder}: no split {split!r} (splits: {', '.join(manifest['splits'])})")
+    rate = sample_rate or manifest["sample_rate"]
+    seconds = manifest.get("clip_seconds") if clip_seconds == "auto" else clip_seconds
+    if training and seconds is None:
+        raise ValueError("training needs a fixed clip length: set clip_seconds")
+    crop = None if seconds is None else int(round(seconds * rate))
+    plan = plan_epoch(manifest["splits"][split]["num_samples"], batch_size, rank=rank, world_size=world_size,
+                      training=training)
+    torch_device = torch.device(device)
+    if backend == "dali":
+        from .dali import DaliReader  # DALI is Linux-only; the torch backend must work without it
+
+        reader = DaliReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, device=torch_device.type,
+                            seed=seed, num_threads=max(1, num_workers), shuffle_buffer=shuffle_buffer)
+    else:
+        from .torch_loader import TorchReader
+
+        reader = TorchReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, seed=seed,
+                             num_workers=num_workers)
+    irs = None
+    if dir_prob > 0:
+        irs = load_impulse_responses(dir_folder or "", rate)
+    dir_device = manifest["devices"].index("a") if "a" in manifest["devices"] else -2
+    augment = WaveAugment(roll, dir_prob, irs, dir_device, gain_db).to(torch_device).train(training)
+    return Loader(reader, plan, augment, torch_device, manifest["classes"], manifest["devices"])

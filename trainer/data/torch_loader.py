@@ -1,0 +1,122 @@
+"""Plain torch reader of the same shards (CPU decode in DataLoader workers): for machines without DALI
+and as the benchmark baseline.
+
+Samples are addressed through the shards' DALI index files (tar, offset, size), so ranks read exactly
+the ranges DALI gives them and evaluation yields the same samples, in the same order and with the
+same audio, as the DALI pipeline.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_shards.audio import decode
+from data_shards.manifest import shard_paths
+
+from .epoch import EpochPlan
+
+
+@dataclass(frozen=True)
+class Entry:
+    tar: str
+    audio: tuple[int, int]  # (offset, size) of the audio member
+    meta: tuple[int, int]  # ... of the JSON member
+
+
+def read_entries(folder: Path, manifest: dict, split: str) -> list[Entry]:
+    """Every sample of a split in global order (the concatenation of its shards), from the index files."""
+    ext = manifest["audio_extension"]
+    entries = []
+    for tar, index in zip(*shard_paths(folder, manifest, split)):
+        for line in index.read_text().splitlines()[1:]:
+            parts = line.split()
+            members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+            entries.append(Entry(str(tar), members[ext], members["json"]))
+    return entries
+
+
+def _pread(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+class ClipDataset(Dataset):
+    """Index (global position, epoch) -> (waveform float32, metadata); crops are seeded per sample and epoch."""
+
+    def __init__(self, entries: list[Entry], *, audio_format: str, source_rate: int, sample_rate: int,
+                 crop: int | None, training: bool, seed: int):
+        self.entries, self.audio_format = entries, audio_format
+        self.source_rate, self.sample_rate = source_rate, sample_rate
+        self.crop, self.training, self.seed = crop, training, seed
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, dict]:
+        index, epoch = item
+        e = self.entries[index]
+        meta = json.loads(_pread(e.tar, *e.meta))
+        try:
+            wave, _ = decode(_pread(e.tar, *e.audio), self.audio_format)
+        except Exception as exc:  # soundfile raises several types; all mean the same to the user
+            raise RuntimeError(f"corrupt audio in shard {e.tar} (key {meta.get('key')}): {exc}; check the dataset "
+                               "with python -m data_shards verify") from None
+        if wave.ndim > 1:
+            wave = wave.mean(axis=1)
+        if self.source_rate != self.sample_rate:
+            import torchaudio.functional as AF
+
+            wave = AF.resample(torch.from_numpy(wave), self.source_rate, self.sample_rate).numpy()
+        if self.crop is not None:
+            start = 0
+            if self.training and len(wave) > self.crop:
+                rng = np.random.default_rng([self.seed, epoch, index])
+                start = int(rng.integers(0, len(wave) - self.crop + 1))
+            wave = wave[start:start + self.crop]
+            if len(wave) < self.crop:
+                wave = np.pad(wave, (0, self.crop - len(wave)))
+        return np.ascontiguousarray(wave, dtype=np.float32), meta
+
+
+def _collate(batch: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    length = max(len(w) for w, _ in batch)
+    audio = torch.zeros(len(batch), length)
+    for i, (w, _) in enumerate(batch):
+        audio[i, :len(w)] = torch.from_numpy(w)
+    return audio, [m for _, m in batch]
+
+
+class TorchReader:
+    """Yields exactly `plan.batches` batches per epoch: shuffled within the rank's range in training,
+    in order (last sample repeated as padding) in evaluation."""
+
+    def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
+                 crop: int | None, seed: int, num_workers: int = 2):
+        self.plan, self.seed, self.num_workers = plan, seed, num_workers
+        self.dataset = ClipDataset(read_entries(folder, manifest, split), audio_format=manifest["audio_format"],
+                                   source_rate=manifest["sample_rate"], sample_rate=sample_rate, crop=crop,
+                                   training=plan.training, seed=seed + plan.rank)
+
+    def positions(self, epoch: int) -> list[int]:
+        p = self.plan
+        if p.training:
+            order = np.random.default_rng([self.seed, epoch, p.rank]).permutation(p.size)
+            return [p.start + int(i) for i in order[:p.batches * p.batch_size]]
+        return [p.start + min(i, p.size - 1) for i in range(p.batches * p.batch_size)]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        items = [(i, epoch) for i in self.positions(epoch)]
+        batches = [items[b:b + self.plan.batch_size] for b in range(0, len(items), self.plan.batch_size)]
+        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        yield from loader
