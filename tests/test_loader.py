@@ -1,0 +1,162 @@
+"""make_loader: shapes, labels, exact per-rank epochs, DALI == torch in eval, augmentations, corrupt samples."""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from data_shards.manifest import load_manifest
+from trainer.data import make_loader
+from trainer.data.augment import FreqMixStyle, WaveAugment, fft_convolve, load_impulse_responses
+from trainer.data.epoch import plan_epoch
+
+from .helpers import read_split
+
+BACKENDS = ["dali", "torch"]
+
+
+def test_epoch_plan_arithmetic():
+    p = [plan_epoch(10, 2, rank=r, world_size=3, training=False) for r in range(3)]
+    assert [(x.start, x.size) for x in p] == [(0, 3), (3, 3), (6, 4)]
+    assert {x.batches for x in p} == {2} and [x.padding for x in p] == [1, 1, 0]
+    t = [plan_epoch(10, 2, rank=r, world_size=3, training=True) for r in range(3)]
+    assert {x.batches for x in t} == {1}
+    with pytest.raises(ValueError, match="fewer than one batch of 8 per rank"):
+        plan_epoch(10, 8, rank=0, world_size=2, training=True)
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        plan_epoch(10, 2, rank=2, world_size=2, training=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_have_the_contract_shapes_and_manifest_labels(packed, backend):
+    folder = packed["tau22"]
+    truth = {m["key"]: m for _, m, _ in read_split(folder, "test")}
+    loader = make_loader(folder, "test", batch_size=5, training=False, backend=backend, num_workers=1)
+    batches = list(loader)
+    assert len(batches) == len(loader) == -(-len(truth) // 5)
+    for b in batches:
+        assert b["audio"].dtype == torch.float32 and b["audio"].shape == (5, 44100)
+        assert b["label"].dtype == b["device"].dtype == torch.int64 and b["valid"].dtype == torch.bool
+        for key, label, device, valid in zip(b["key"], b["label"], b["device"], b["valid"]):
+            if valid:
+                assert int(label) == truth[key]["label_index"] and int(device) == truth[key]["device_index"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_eval_covers_every_key_once_and_training_is_even_across_ranks(packed, backend, world):
+    folder = packed["tau22"]
+    keys = {m["key"] for _, m, _ in read_split(folder, "test")}
+    seen, counts, train_counts = Counter(), set(), set()
+    for rank in range(world):
+        loader = make_loader(folder, "test", batch_size=4, training=False, backend=backend, rank=rank,
+                             world_size=world, num_workers=1)
+        batches = list(loader)
+        counts.add(len(batches))
+        for b in batches:
+            seen.update(k for k, v in zip(b["key"], b["valid"]) if v)
+        train = make_loader(folder, "train", batch_size=4, training=True, backend=backend, rank=rank,
+                            world_size=world, num_workers=1)
+        train_counts.add((len(train), len(list(train)), len(list(train))))
+    assert set(seen) == keys and set(seen.values()) == {1}
+    assert len(counts) == 1 and len(train_counts) == 1
+
+
+def test_dali_cpu_and_torch_reader_agree_in_eval(packed):
+    for name, seconds in (("tau22", "auto"), ("cochlscene", None)):
+        a = list(make_loader(packed[name], "test", batch_size=3, training=False, backend="dali", clip_seconds=seconds))
+        b = list(make_loader(packed[name], "test", batch_size=3, training=False, backend="torch", clip_seconds=seconds,
+                             num_workers=1))
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert x["key"] == y["key"]
+            torch.testing.assert_close(x["audio"], y["audio"], rtol=0, atol=1e-5)
+            assert torch.equal(x["valid"], y["valid"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_crops_and_reshuffles_each_epoch(packed, backend):
+    loader = make_loader(packed["cochlscene"], "train", batch_size=4, training=True, backend=backend,
+                         clip_seconds=1.0, num_workers=1, seed=5)
+    first, second = list(loader), list(loader)
+    assert all(b["audio"].shape == (4, 44100) and "valid" not in b for b in first)
+    assert [b["key"] for b in first] != [b["key"] for b in second]
+
+
+def test_roll_is_a_circular_shift_and_gain_a_constant_factor():
+    torch.manual_seed(0)
+    x = torch.randn(6, 1000)
+    rolled = WaveAugment(roll=50).train()(x, torch.zeros(6, dtype=torch.int64))
+    for row, out in zip(x, rolled):
+        shifts = [s for s in range(-50, 51) if torch.equal(torch.roll(row, s), out)]
+        assert len(shifts) == 1
+    gained = WaveAugment(gain_db=6.0).train()(x, torch.zeros(6, dtype=torch.int64))
+    ratio = gained / x
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), rtol=1e-5)
+    db = 20 * torch.log10(ratio[:, 0])
+    assert (db.abs() <= 6.0 + 1e-4).all() and db.std() > 0.1
+    assert torch.equal(WaveAugment(roll=50, gain_db=6).eval()(x, torch.zeros(6, dtype=torch.int64)), x)
+
+
+def test_dir_only_touches_device_a_and_is_a_truncated_convolution(demo_root):
+    irs = load_impulse_responses(demo_root["impulse_responses"], 44100)
+    assert irs.shape[0] == 6
+    torch.manual_seed(1)
+    x = torch.randn(8, 4000)
+    devices = torch.tensor([0, 1, 0, 2, 0, 3, 0, 4])
+    out = WaveAugment(dir_prob=1.0, impulse_responses=irs, dir_device=0).train()(x, devices)
+    for i in range(8):
+        if devices[i] != 0:
+            assert torch.equal(out[i], x[i])
+            continue
+        candidates = [np.convolve(x[i].double().numpy(), ir.double().numpy())[:4000] for ir in irs]
+        assert any(np.allclose(out[i].numpy(), c, atol=1e-4) for c in candidates)
+    full = fft_convolve(x[:1], irs[:1])
+    assert full.shape[-1] == 4000 + irs.shape[1] - 1
+    assert torch.equal(WaveAugment(dir_prob=1.0, impulse_responses=irs).eval()(x, devices), x)
+    with pytest.raises(FileNotFoundError, match="no impulse responses"):
+        load_impulse_responses(demo_root["tau22"], 44100)
+
+
+def test_mixstyle_matches_the_formula():
+    x = torch.randn(5, 1, 16, 30) * 3 + 1
+    torch.manual_seed(3)
+    out = FreqMixStyle(p=1.0, alpha=0.4).train()(x)
+    torch.manual_seed(3)
+    torch.rand(1)
+    lam = torch.distributions.Beta(0.4, 0.4).sample((5, 1, 1, 1)).double().numpy()
+    perm = torch.randperm(5).numpy()
+    xn = x.double().numpy()
+    mu = xn.mean(axis=(1, 3), keepdims=True)
+    sig = np.sqrt(xn.var(axis=(1, 3), keepdims=True, ddof=1) + 1e-6)
+    expected = (xn - mu) / sig * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert torch.equal(FreqMixStyle(p=1.0).eval()(x), x)
+    assert torch.equal(FreqMixStyle(p=0.0).train()(x), x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_corrupt_sample_is_an_error_naming_shard_and_key(packed, tmp_path, backend):
+    folder = tmp_path / "tau22"
+    shutil.copytree(packed["tau22"], folder)
+    shard = load_manifest(folder)["splits"]["test"]["shards"][0]
+    line = (folder / shard["index"]).read_text().splitlines()[2].split()
+    offset, size, member = int(line[1]), int(line[2]), line[3]
+    data = bytearray((folder / shard["path"]).read_bytes())
+    data[offset + 64:offset + size - 64] = b"\x55" * (size - 128)
+    (folder / shard["path"]).write_bytes(bytes(data))
+    loader = make_loader(folder, "test", batch_size=4, training=False, backend=backend, num_workers=0)
+    with pytest.raises(RuntimeError, match=rf"corrupt audio in shard .*{shard['path']}.*{member.split('.')[0]}"):
+        list(loader)
+
+
+def test_bad_arguments_fail_fast(packed):
+    with pytest.raises(ValueError, match="no split 'nope'"):
+        make_loader(packed["tau22"], "nope", batch_size=2, training=False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        make_loader(packed["tau22"], "test", batch_size=2, training=False, backend="tf")
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        make_loader(packed["tau22"], "test", batch_size=10_000, training=True)
