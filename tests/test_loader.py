@@ -160,3 +160,16 @@ def test_bad_arguments_fail_fast(packed):
         make_loader(packed["tau22"], "test", batch_size=2, training=False, backend="tf")
     with pytest.raises(ValueError, match="fewer than one batch"):
         make_loader(packed["tau22"], "test", batch_size=10_000, training=True)
+
+
+def test_resampling_when_the_config_rate_differs_from_the_shards(packed):
+    out = {}
+    for backend in BACKENDS:
+        batches = list(make_loader(packed["tau22"], "test", batch_size=4, training=False, backend=backend,
+                                   sample_rate=32000, num_workers=1))
+        assert all(b["audio"].shape == (4, 32000) for b in batches)
+        out[backend] = torch.cat([b["audio"] for b in batches])
+    # DALI's and torchaudio's resamplers differ in filter design, not in content
+    a, b = out["dali"][:, 1000:-1000], out["torch"][:, 1000:-1000]
+    corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    assert corr.min() > 0.99
