@@ -42,10 +42,11 @@ def read_entries(folder: Path, manifest: dict, split: str) -> list[Entry]:
     return entries
 
 
-def _pread(path: str, offset: int, size: int) -> bytes:
+def _read_members(path: str, *spans: tuple[int, int]) -> list[bytes]:
+    """The bytes at (offset, size) spans of one tar, through a single open."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return os.pread(fd, size, offset)
+        return [os.pread(fd, size, offset) for offset, size in spans]
     finally:
         os.close(fd)
 
@@ -65,9 +66,10 @@ class ClipDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, dict]:
         index, epoch = item
         e = self.entries[index]
-        meta = json.loads(_pread(e.tar, *e.meta))
+        meta_bytes, audio_bytes = _read_members(e.tar, e.meta, e.audio)
+        meta = json.loads(meta_bytes)
         try:
-            wave, _ = decode(_pread(e.tar, *e.audio), self.audio_format)
+            wave, _ = decode(audio_bytes, self.audio_format)
         except Exception as exc:  # soundfile raises several types; all mean the same to the user
             raise RuntimeError(f"corrupt audio in shard {e.tar} (key {meta.get('key')}): {exc}; check the dataset "
                                "with python -m data_shards verify") from None
