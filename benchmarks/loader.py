@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import device_name
 from tabulate import tabulate
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model import device_name  # noqa: E402
-
-from trainer.data import make_loader  # noqa: E402
-from trainer.model.frontend import MelFrontend  # noqa: E402
+from trainer.data import make_loader
+from trainer.model.frontend import MelFrontend
 
 
 def clips_per_second(loader, frontend=None, device="cpu") -> float:

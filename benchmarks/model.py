@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -22,22 +21,11 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+from machine import device_name
 from trainer.model.passt import MODELS, count_parameters, create_model, flops_per_sample
 
 # Dense bf16 tensor-core peaks (FLOP/s) of the SXM parts.
 PEAK_BF16 = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def peak_flops(name: str) -> float | None:

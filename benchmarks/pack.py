@@ -17,20 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from machine import device_name
 from tabulate import tabulate
 
 from data_shards.pack import PackOptions, pack
 from data_shards.sources import cochlscene, demo, tau22
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -64,9 +56,8 @@ def main() -> None:
                              f"{hours * 3600 / t:.0f}x"])
     table = tabulate(rows, headers=["corpus", "workers", "clips", "audio h", "median s", "clips/s", "audio-h/s",
                                     "x real time"], tablefmt="github")
-    cores = os.cpu_count()
-    header = (f"# Packing throughput\n\nMeasured {datetime.date.today().isoformat()} on {_cpu()} "
-              f"({cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}) with "
+    header = (f"# Packing throughput\n\nMeasured {datetime.date.today().isoformat()} on {device_name(torch.device('cpu'), threads=False)} "
+              f"({os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}) with "
               f"`python benchmarks/pack.py --repeats {args.repeats} --scale {args.scale}`: FLAC output, "
               f"median of {args.repeats} packs per row, worker start-up included.\n\n")
     args.out.write_text(header + table + "\n")
