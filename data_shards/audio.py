@@ -68,8 +68,6 @@ def check_wav_complete(path: Path) -> None:
 
 def _read(path: Path) -> tuple[np.ndarray, int, int]:
     """Decode a file to [frames, channels] integers (when PCM) or floats, with its rate and bit depth."""
-    if path.is_symlink() and not path.exists():
-        raise AudioError("unreadable: dangling symbolic link")
     if not path.is_file():
         raise AudioError("file not found")
     if path.stat().st_size == 0:

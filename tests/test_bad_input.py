@@ -128,12 +128,14 @@ def test_cochlscene_tree_with_bad_files(demo_root, tmp_path):
     (root / "Train/Bus/notes.txt").write_text("recorded on a bus")
     (root / "Train/stray.wav").write_bytes((root / "Train/Library/Library_user9_0_0.wav").read_bytes())
     sf.write(root / "Val/Park/Park_user 7_ü_0.wav", _tone(), RATE, subtype="PCM_16")
+    os.symlink(root / "gone.wav", root / "Test/Car/Car_user8_0_0.wav")
     folder = pack(cochlscene.scan(root), PackOptions(out=tmp_path / "out", workers=1)).folder
     reasons = _rejections(folder)
     assert reasons["Train/Library/Library_user9_0_0.wav"].startswith("unknown label 'Library'")
     assert reasons["Train/Bus/notes.txt"].startswith("not an audio file")
     assert reasons["Train/stray.wav"] == "not directly inside a <Scene>/ folder"
-    assert len(reasons) == 3
+    assert reasons["Test/Car/Car_user8_0_0.wav"] == "unreadable: dangling symbolic link"
+    assert len(reasons) == 4
     odd = [m for _, m, _ in read_split(folder, "val") if m["source"] == "Val/Park/Park_user 7_ü_0.wav"]
     assert len(odd) == 1 and odd[0]["key"].startswith("Park_user_7_u_0-") and odd[0]["identifier"] == "user 7_ü"
 

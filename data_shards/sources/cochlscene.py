@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..records import Rejection, Scan, SourceFile, drop_unknown_labels
+from ..records import Rejection, Scan, SourceFile, drop_missing, drop_unknown_labels
 from . import AUDIO_SUFFIXES, SourceError, select_splits
 
 CLASSES = ["Bus", "Cafe", "Car", "CrowdedIndoor", "Elevator", "Kitchen", "Park", "ResidentialArea",
@@ -46,7 +46,8 @@ def scan(root: Path, splits: list[str] | None = None) -> Scan:
                 result.rejected.append(Rejection(split, rel, f"not an audio file (extension {path.suffix or 'none'!r})"))
             else:
                 files.append(SourceFile(path.absolute(), rel, inner[0], split, identifier=identifier(path.stem)))
+        files, missing = drop_missing(files, f"{SPLIT_FOLDERS[split]}/")  # only dangling links: the tree listed them
         files, unknown = drop_unknown_labels(files, CLASSES)
-        result.rejected += unknown
+        result.rejected += missing + unknown
         result.splits[split] = files
     return result

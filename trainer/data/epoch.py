@@ -28,10 +28,6 @@ class EpochPlan:
         """Padded (invalid) positions this rank yields per epoch in evaluation."""
         return 0 if self.training else self.batches * self.batch_size - self.size
 
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.world_size
-
 
 def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
     return num_samples * rank // world_size, num_samples * (rank + 1) // world_size
