@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--shard-samples", type=int, help="... or past this many samples")
     pk.add_argument("--workers", type=int, default=default_workers(), help="encoding processes")
     pk.add_argument("--seed", type=int, default=0, help="shuffle seed (and demo generation seed)")
+    pk.add_argument("--val-fraction", type=float, default=None,
+                    help="datasets without a 'val' split: hold out this fraction of the train split's recordings "
+                         "(whole identifiers, per class) as 'val' (default: none; demo: 0.25)")
     pk.add_argument("--overwrite", action="store_true", help="replace an existing packed dataset")
     pk.add_argument("--strict", action="store_true", help="exit with status 3 if any file was rejected")
     csv = pk.add_argument_group("csv source")
@@ -85,10 +88,12 @@ def _scans(args) -> list[Scan]:
 def _pack(args) -> int:
     rejected = 0
     for scan in _scans(args):
+        fraction = args.val_fraction if args.val_fraction is not None else (0.25 if args.source == "demo" else None)
         options = PackOptions(out=args.out, name=args.name if args.source != "demo" else None,
                               sample_rate=args.sample_rate, audio_format=args.audio_format,
                               shard_bytes=args.shard_size, shard_samples=args.shard_samples,
-                              workers=args.workers, seed=args.seed, overwrite=args.overwrite)
+                              workers=args.workers, seed=args.seed, overwrite=args.overwrite,
+                              val_fraction=fraction if "val" not in scan.splits else None)
         result = pack(scan, options)
         rejected += len(result.rejected)
         counts = ", ".join(f"{s} {i['num_samples']}" for s, i in result.manifest["splits"].items())
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         folders = demo.generate(args.root, seed=args.seed, size=demo.DemoSize().scaled(args.demo_scale))
         print("\n".join(f"{k}: {v}" for k, v in folders.items()))
         return 0
-    except (SourceError, ManifestError, FileExistsError) as exc:
+    except (SourceError, ManifestError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

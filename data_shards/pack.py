@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import PACKER_VERSION
 from .audio import FORMATS, Encoded, encode_job
 from .manifest import MANIFEST, REJECTED, write_atomic
-from .records import Rejection, Scan, SourceFile, assign_keys
+from .records import Rejection, Scan, SourceFile, assign_keys, hold_out
 from .shards import ShardSink, sample_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class PackOptions:
     workers: int = 1  # encoding processes (1: encode in the main process)
     seed: int = 0  # shuffle seed
     overwrite: bool = False  # replace an existing packed dataset
+    val_fraction: float | None = None  # hold out this fraction of train's recordings as split 'val'
 
 
 @dataclass
@@ -116,6 +117,8 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
     """Pack every split of `scan`; returns the published folder, its manifest and all rejections."""
     if options.audio_format not in FORMATS:
         raise ValueError(f"audio format {options.audio_format!r} is not one of {', '.join(FORMATS)}")
+    if options.val_fraction:
+        scan = hold_out(scan, options.val_fraction, options.seed)
     name = options.name or scan.dataset
     folder = Path(options.out) / name
     partial = Path(options.out) / f".{name}.partial"
@@ -180,7 +183,8 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
         "splits": splits,
         "num_rejected": len(rejected),
         "conversions": dict(sorted(conversions.items())),
-        "options": {"seed": options.seed, "shard_bytes": options.shard_bytes, "shard_samples": options.shard_samples},
+        "options": {"seed": options.seed, "shard_bytes": options.shard_bytes, "shard_samples": options.shard_samples,
+                    "val_fraction": options.val_fraction},
     }
     write_atomic(partial / REJECTED, _rejected_csv(rejected))
     write_atomic(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())

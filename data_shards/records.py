@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import random
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -122,3 +123,32 @@ def drop_unknown_labels(files: list[SourceFile], classes: list[str]) -> tuple[li
         else:
             rejected.append(Rejection(f.split, f.source, f"unknown label {f.label!r} (classes: {', '.join(classes)})"))
     return kept, rejected
+
+
+def hold_out(scan: Scan, fraction: float, seed: int, *, source: str = "train", name: str = "val") -> Scan:
+    """Move a seeded `fraction` of `source`'s recordings (identifiers), per class, into a new split `name`.
+
+    Whole identifiers move, so segments of one recording never straddle training and validation.
+    The held-out recordings also leave every other split except `test` (TAU's low-resource lists
+    are subsets of its train list), so the validation split is disjoint from all training data.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    if name in scan.splits:
+        raise ValueError(f"{scan.dataset} already has a split {name!r}; no hold-out needed")
+    if source not in scan.splits:
+        raise ValueError(f"{scan.dataset} has no split {source!r} to hold validation data out of")
+    by_class: dict[str, set[str]] = collections.defaultdict(set)
+    for f in scan.splits[source]:
+        by_class[f.label].add(f.identifier or f.source)
+    rng = random.Random(f"{seed}:{scan.dataset}:{name}")
+    held: set[str] = set()
+    for label in sorted(by_class):
+        ids = sorted(by_class[label])
+        count = max(1, round(fraction * len(ids))) if len(ids) > 1 else 0
+        held.update(rng.sample(ids, count))
+    splits = {}
+    for split, files in scan.splits.items():
+        splits[split] = files if split == "test" else [f for f in files if (f.identifier or f.source) not in held]
+    splits[name] = [replace(f, split=name) for f in scan.splits[source] if (f.identifier or f.source) in held]
+    return replace(scan, splits=splits)

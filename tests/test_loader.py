@@ -24,8 +24,14 @@ def test_epoch_plan_arithmetic():
     assert {x.batches for x in p} == {2} and [x.padding for x in p] == [1, 1, 0]
     t = [plan_epoch(10, 2, rank=r, world_size=3, training=True) for r in range(3)]
     assert {x.batches for x in t} == {1}
-    with pytest.raises(ValueError, match="fewer than one batch of 8 per rank"):
+    # 100 samples on 3 ranks: 33 per rank -> 8 batches of 4 -> 2 whole steps of 3 batches = 6 batches
+    a = plan_epoch(100, 4, rank=1, world_size=3, training=True, accumulation=3)
+    assert (a.batches, a.steps, a.accumulation) == (6, 2, 3)
+    assert plan_epoch(100, 4, rank=1, world_size=3, training=False, accumulation=3).accumulation == 1
+    with pytest.raises(ValueError, match="fewer than one step of 1 batch\\(es\\) of 8 per rank"):
         plan_epoch(10, 8, rank=0, world_size=2, training=True)
+    with pytest.raises(ValueError, match="fewer than one step of 3 batch"):
+        plan_epoch(20, 4, rank=0, world_size=2, training=True, accumulation=3)
     with pytest.raises(ValueError, match="rank 2 is not in"):
         plan_epoch(10, 2, rank=2, world_size=2, training=True)
 
@@ -158,8 +164,10 @@ def test_bad_arguments_fail_fast(packed):
         make_loader(packed["tau22"], "nope", batch_size=2, training=False)
     with pytest.raises(ValueError, match="backend must be one of"):
         make_loader(packed["tau22"], "test", batch_size=2, training=False, backend="tf")
-    with pytest.raises(ValueError, match="fewer than one batch"):
+    with pytest.raises(ValueError, match="fewer than one step"):
         make_loader(packed["tau22"], "test", batch_size=10_000, training=True)
+    with pytest.raises(ValueError, match="dir_prob=0.5: .*cochlscene has no device-a clips"):
+        make_loader(packed["cochlscene"], "train", batch_size=2, training=True, dir_prob=0.5, dir_folder=".")
 
 
 def test_resampling_when_the_config_rate_differs_from_the_shards(packed):

@@ -67,36 +67,34 @@ def pipeline_arguments(folder: Path, manifest: dict, split: str, plan: EpochPlan
 
 
 class DaliReader:
-    """Runs the pipeline: training streams on across epochs; evaluation rebuilds it per pass from position 0."""
+    """Runs the pipeline for exactly the plan's batches per epoch, from a fresh pipeline seeded by (seed, epoch,
+    rank): an epoch's order and crops depend only on those, so a resumed run reads what it would have read."""
 
     def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
                  crop: int | None, device: str, seed: int, num_threads: int = 2, shuffle_buffer: int = 1024):
         self.plan = plan
         self.folder = folder
         self.device = device
+        self.seed = seed
         self._kwargs = pipeline_arguments(folder, manifest, split, plan, sample_rate=sample_rate, crop=crop,
                                           device="gpu" if device == "cuda" else "cpu",
                                           shuffle_buffer=min(shuffle_buffer, max(1, plan.size)))
-        self._pipe_args = dict(batch_size=plan.batch_size, num_threads=num_threads, seed=seed + plan.rank,
+        self._pipe_args = dict(batch_size=plan.batch_size, num_threads=num_threads,
                                device_id=torch.cuda.current_device() if device == "cuda" else None,
                                prefetch_queue_depth=2)
-        self._pipe = None
 
-    def _build(self):
-        pipe = audio_pipeline(**self._pipe_args, **self._kwargs)
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        """The epoch's batches after the first `skip` (read and discarded: resuming mid-epoch)."""
+        seed = int(np.random.SeedSequence([self.seed, epoch, self.plan.rank]).generate_state(1)[0] >> 1)
+        pipe = audio_pipeline(**self._pipe_args, seed=seed, **self._kwargs)
         pipe.build()
-        return pipe
-
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[dict]]]:
-        if self._pipe is None or not self.plan.training:
-            self._pipe = self._build()
-        for _ in range(self.plan.batches):
+        for index in range(self.plan.batches):
             try:
-                wave, meta = self._pipe.run()
+                wave, meta = pipe.run()
             except RuntimeError as exc:
-                self._pipe = None  # a failed DALI pipeline cannot run again
                 raise self._explain(exc) from None
-            yield self._to_torch(wave), [json.loads(bytes(np.array(meta.at(i)))) for i in range(len(meta))]
+            if index >= skip:
+                yield self._to_torch(wave), [json.loads(bytes(np.array(meta.at(i)))) for i in range(len(meta))]
 
     def _to_torch(self, wave) -> torch.Tensor:
         if self.device != "cuda":

@@ -1,5 +1,6 @@
 """Samples -> per-rank ranges -> batches per epoch: the one place this arithmetic lives.
 
+Training batches come in whole optimizer steps of `accumulation` micro-batches.
 Ranks own contiguous ranges of the split (DALI's `shard_id` / `num_shards` convention: rank r reads
 global samples [N r // W, N (r + 1) // W)).  Training drops the tail so that every rank yields the
 same number of batches (unequal counts hang collectives).  Evaluation pads every rank up to the
@@ -22,6 +23,12 @@ class EpochPlan:
     start: int  # this rank's first global sample index
     size: int  # samples in this rank's range
     batches: int  # batches every rank yields per epoch
+    accumulation: int = 1  # micro-batches per optimizer step (training)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch (training)."""
+        return self.batches // self.accumulation
 
     @property
     def padding(self) -> int:
@@ -34,19 +41,20 @@ def rank_range(num_samples: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def plan_epoch(num_samples: int, batch_size: int, *, rank: int = 0, world_size: int = 1,
-               training: bool) -> EpochPlan:
+               training: bool, accumulation: int = 1) -> EpochPlan:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_size < 1 or accumulation < 1:
+        raise ValueError(f"batch_size and accumulation must be positive, got {batch_size} and {accumulation}")
     start, end = rank_range(num_samples, rank, world_size)
     smallest = num_samples // world_size
     largest = -(-num_samples // world_size)
     if training:
-        batches = smallest // batch_size
+        batches = smallest // (batch_size * accumulation) * accumulation
         if batches == 0:
-            raise ValueError(f"the split has {num_samples} samples: fewer than one batch of {batch_size} per rank "
-                             f"on {world_size} rank(s); lower the batch size or use more data")
+            raise ValueError(f"the split has {num_samples} samples: fewer than one step of {accumulation} batch(es) of "
+                             f"{batch_size} per rank on {world_size} rank(s); lower the batch size or use more data")
     else:
         batches = -(-largest // batch_size)
-    return EpochPlan(num_samples, rank, world_size, batch_size, training, start, end - start, batches)
+    return EpochPlan(num_samples, rank, world_size, batch_size, training, start, end - start, batches,
+                     accumulation if training else 1)

@@ -21,7 +21,11 @@ BACKENDS = ("dali", "torch")
 
 
 class Loader:
-    """Iterating gives one epoch of `len(loader)` batches; each new iteration is the next epoch."""
+    """Iterating gives one epoch of `len(loader)` batches; each new iteration is the next epoch.
+
+    `batches(epoch, skip)` gives a chosen epoch from its `skip`-th batch on (resuming mid-epoch): the
+    skipped batches are read but not augmented, so the caller's RNG state is untouched by them.
+    """
 
     def __init__(self, reader, plan: EpochPlan, augment: WaveAugment, device: torch.device, classes: list[str],
                  devices: list[str]):
@@ -37,8 +41,11 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict]:
         epoch, self.epoch = self.epoch, self.epoch + 1
-        position = 0
-        for audio, metas in self.reader.epoch(epoch):
+        return self.batches(epoch)
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[dict]:
+        position = skip * self.plan.batch_size
+        for audio, metas in self.reader.epoch(epoch, skip):
             audio = audio.to(self.device, non_blocking=True)
             batch = {
                 "label": torch.tensor([m["label_index"] for m in metas], dtype=torch.int64, device=self.device),
@@ -60,14 +67,15 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
                 device: str = "cpu", rank: int = 0, world_size: int = 1, sample_rate: int | None = None,
                 clip_seconds: float | None | str = "auto", roll: int = 0, dir_prob: float = 0.0,
                 dir_folder: str | Path | None = None, gain_db: float = 0.0, seed: int = 0, num_workers: int = 2,
-                shuffle_buffer: int = 1024) -> Loader:
+                shuffle_buffer: int = 1024, accumulation: int = 1) -> Loader:
     """A loader of `split` of the packed dataset in `shards` (the folder holding manifest.json).
 
     sample_rate: output rate (default: the shards'); clip_seconds: crop / pad length ("auto": the
     manifest's typical clip length; None: whole clips, padded to the longest in the batch);
     roll: maximum circular shift in samples; dir_prob: probability of convolving a device-a clip with
     a random impulse response from `dir_folder`; gain_db: uniform gain in [-gain_db, gain_db] dB.
-    Augmentations act only in training.
+    Augmentations act only in training.  accumulation: training epochs hold whole optimizer steps of this
+    many batches.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -81,7 +89,7 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
         raise ValueError("training needs a fixed clip length: set clip_seconds")
     crop = None if seconds is None else int(round(seconds * rate))
     plan = plan_epoch(manifest["splits"][split]["num_samples"], batch_size, rank=rank, world_size=world_size,
-                      training=training)
+                      training=training, accumulation=accumulation)
     torch_device = torch.device(device)
     if backend == "dali":
         from .dali import DaliReader  # DALI is Linux-only; the torch backend must work without it
@@ -93,9 +101,12 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
 
         reader = TorchReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, seed=seed,
                              num_workers=num_workers)
-    irs = None
+    irs, dir_device = None, -1
     if dir_prob > 0:
+        if "a" not in manifest["devices"]:
+            raise ValueError(f"dir_prob={dir_prob}: {folder} has no device-a clips to convolve with impulse "
+                             "responses; set dir_prob=0")
         irs = load_impulse_responses(dir_folder or "", rate)
-    dir_device = manifest["devices"].index("a") if "a" in manifest["devices"] else -2
+        dir_device = manifest["devices"].index("a")
     augment = WaveAugment(roll, dir_prob, irs, dir_device, gain_db).to(torch_device).train(training)
     return Loader(reader, plan, augment, torch_device, manifest["classes"], manifest["devices"])

@@ -100,7 +100,7 @@ def _collate(batch: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tensor, list[d
 
 class TorchReader:
     """Yields exactly `plan.batches` batches per epoch: shuffled within the rank's range in training,
-    in order (last sample repeated as padding) in evaluation."""
+    in order (last sample repeated as padding) in evaluation.  Order and crops depend on (seed, epoch, rank)."""
 
     def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
                  crop: int | None, seed: int, num_workers: int = 2):
@@ -116,8 +116,9 @@ class TorchReader:
             return [p.start + int(i) for i in order[:p.batches * p.batch_size]]
         return [p.start + min(i, p.size - 1) for i in range(p.batches * p.batch_size)]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, list[dict]]]:
-        items = [(i, epoch) for i in self.positions(epoch)]
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[dict]]]:
+        """The epoch's batches after the first `skip` (resuming mid-epoch)."""
+        items = [(i, epoch) for i in self.positions(epoch)][skip * self.plan.batch_size:]
         batches = [items[b:b + self.plan.batch_size] for b in range(0, len(items), self.plan.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False)

@@ -19,7 +19,7 @@ import torchaudio.functional as AF
 from torch import nn
 
 
-@dataclass(frozen=True)
+@dataclass
 class FrontendConfig:
     """Mel front-end settings (defaults: DCASE fine-tuning at 32 kHz)."""
 

@@ -1,0 +1,256 @@
+"""The trainer's typed configuration: `configs/<stage>.yaml` + dotted overrides, validated before any work.
+
+Layers, later wins: the dataclass defaults below -> `configs/<stage>.yaml` -> `configs/demo/<stage>.yaml`
+(with `--demo`) -> `key=value` overrides.  OmegaConf merges them into the structured schema, so an
+unknown key or a value of the wrong type is an error that names the full key.  `validate` then checks
+what depends on several fields or on the files (batch arithmetic, splits, checkpoints) and names the
+key to change.  Every number of the recipe lives in configs/; the DeepSpeed JSON is generated from
+this object (`deepspeed_config`), never written by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_shards.manifest import MANIFEST, load_manifest
+
+from .data.loader import BACKENDS
+from .model.frontend import FrontendConfig
+from .model.passt import MODELS
+from .sit import METHODS
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SELECT_METRICS = {"accuracy": max, "macro_accuracy": max, "log_loss": min}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key to change."""
+
+
+@dataclass
+class DataConfig:
+    """Which packed dataset and splits to read, and how."""
+
+    root: str = "data/shards"  # folder holding packed datasets (python -m data_shards pack --out ROOT)
+    dataset: str = MISSING  # packed dataset folder under root: cochlscene, tau22, ...
+    train_split: str = "train"  # split to train on (TAU low-resource: split5 ... split100)
+    val_split: str = "val"  # split for model selection; must not be the test split
+    test_split: str = "test"  # split evaluated once with the selected model
+    backend: str = "dali"  # dali | torch (plain DataLoader reader of the same shards)
+    clip_seconds: float | None = 10.0  # training crop / evaluation pad length; null: whole clips (eval only)
+    num_workers: int = 4  # DALI CPU threads or DataLoader workers per rank
+    shuffle_buffer: int = 1024  # DALI reader shuffle buffer (samples)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.dataset
+
+
+@dataclass
+class ModelConfig:
+    """Architecture choice and its training-time switches."""
+
+    name: str = "passt_s"  # passt_s | passt_tiny | passt_mini | passt_micro
+    s_patchout_t: int = 0  # time columns dropped per batch in training
+    s_patchout_f: int = 6  # frequency rows dropped per batch in training
+    attention: str = "sdpa"  # sdpa | plain
+    checkpoint_activations: bool = False  # recompute block activations in backward (saves memory)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only augmentations (waveform: in the loader; MixStyle: on the log-mels)."""
+
+    roll: int = 4000  # maximum circular shift in samples
+    dir_prob: float = 0.6  # probability of a device impulse response on device-a clips
+    dir_folder: str | None = None  # folder of impulse responses (MicIRP); required when dir_prob > 0
+    gain_db: float = 0.0  # uniform gain in [-gain_db, gain_db] dB
+    mixstyle_p: float = 0.4  # probability per batch of frequency MixStyle
+    mixstyle_alpha: float = 0.4  # Beta(alpha, alpha) mixing weight
+
+
+@dataclass
+class OptimConfig:
+    """Adam with coupled L2 weight decay in one (baselines) or two (SIT) parameter groups."""
+
+    method: str = "sit"  # sit | seq_ft | standard_ft
+    lr: float = 1e-4  # representation lr (sit) or the single lr (seq_ft, standard_ft)
+    head_lr: float = 1e-3  # heads' lr (sit only)
+    weight_decay: float = 1e-3  # coupled L2, both groups
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
+    grad_clip: float = 0.0  # global gradient-norm clip; 0: off
+
+
+@dataclass
+class ScheduleConfig:
+    """exp_warmup_linear_down, evaluated per epoch (one factor for every step of an epoch)."""
+
+    warm_up_len: int = 3  # W: epochs of exponential warm-up
+    ramp_down_start: int = 3  # S: last epoch at full lr
+    ramp_down_len: int = 10  # L: epochs of linear ramp down
+    last_lr_value: float = 0.01  # factor after the ramp
+
+
+@dataclass
+class TrainConfig:
+    """Batch arithmetic, precision, distribution and model selection."""
+
+    epochs: int = 25  # training epochs
+    global_batch: int = 256  # samples per optimizer step over all ranks (= micro x accumulation x ranks)
+    micro_batch: int = 32  # samples per rank per forward pass
+    eval_batch: int = 32  # samples per rank per evaluation batch
+    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    zero_stage: int = 0  # DeepSpeed ZeRO stage: 0, 1 or 2
+    device: str = "auto"  # auto (cuda when available) | cuda | cpu
+    seed: int = 0  # seeds model init, data order and augmentation (per rank and epoch)
+    select_metric: str = "macro_accuracy"  # validation metric for the best epoch: macro_accuracy | accuracy | log_loss
+
+
+@dataclass
+class RunConfig:
+    """Where the run lives and how it logs."""
+
+    out: str = "runs"  # runs go to <out>/<stage>/<name>/
+    name: str | None = None  # run folder name; default: the start time (YYYYmmdd-HHMMSS)
+    resume: str = "auto"  # auto: continue the run folder's latest checkpoint if any | never: refuse an existing run
+    keep_checkpoints: int = 2  # epoch checkpoints kept (the pre-emption one is kept too)
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb)
+    wandb_project: str = "sit"  # W&B project name
+
+
+@dataclass
+class Config:
+    """One training stage."""
+
+    stage: str = MISSING  # stage name: the run folder's parent (cochl, tau, standard_ft, ...)
+    init_from: str | None = None  # weights to start from: AudioSet PaSST checkpoint or an earlier stage's model.pt
+    reinit_heads: bool = True  # fresh classifier heads even if the class count matches (the SIT stage rule)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def available_stages(configs: Path = CONFIGS) -> list[str]:
+    return sorted(p.stem for p in configs.glob("*.yaml"))
+
+
+def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, configs: Path = CONFIGS) -> Config:
+    """Merge the layers for `stage` and return the typed config (not yet validated against files)."""
+    layers = [configs / f"{stage}.yaml"]
+    if not layers[0].is_file():
+        raise ConfigError(f"no config for stage {stage!r} ({layers[0]}); stages: {', '.join(available_stages(configs))}")
+    if demo:
+        layers.append(configs / "demo" / f"{stage}.yaml")
+        if not layers[1].is_file():
+            raise ConfigError(f"--demo has no settings for stage {stage!r} ({layers[1]})")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value (e.g. train.epochs=5), got: {' '.join(bad)}")
+    try:
+        merged = OmegaConf.structured(Config)
+        for path in layers:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, {"stage": stage}, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"config key {key!r}: {message}" if key else f"config: {message}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def gradient_accumulation(cfg: Config, world_size: int) -> int:
+    per_step = cfg.train.micro_batch * world_size
+    if cfg.train.global_batch % per_step:
+        raise ConfigError(f"train.global_batch={cfg.train.global_batch} is not a multiple of train.micro_batch="
+                          f"{cfg.train.micro_batch} x {world_size} rank(s); change train.micro_batch or "
+                          "train.global_batch")
+    return cfg.train.global_batch // per_step
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def validate(cfg: Config, world_size: int) -> dict:
+    """Check everything that can be checked before any GPU work; returns the dataset's manifest."""
+    _choice("optim.method", cfg.optim.method, METHODS)
+    _choice("data.backend", cfg.data.backend, BACKENDS)
+    _choice("model.name", cfg.model.name, MODELS)
+    _choice("model.attention", cfg.model.attention, ("sdpa", "plain"))
+    _choice("train.precision", cfg.train.precision, ("bf16", "fp32"))
+    _choice("train.zero_stage", cfg.train.zero_stage, (0, 1, 2))
+    _choice("train.device", cfg.train.device, ("auto", "cuda", "cpu"))
+    _choice("train.select_metric", cfg.train.select_metric, SELECT_METRICS)
+    _choice("run.resume", cfg.run.resume, ("auto", "never"))
+    for key, value in (("train.epochs", cfg.train.epochs), ("train.micro_batch", cfg.train.micro_batch),
+                       ("train.eval_batch", cfg.train.eval_batch), ("train.global_batch", cfg.train.global_batch),
+                       ("run.keep_checkpoints", cfg.run.keep_checkpoints)):
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.optim.lr <= 0 or cfg.optim.head_lr <= 0:
+        raise ConfigError("optim.lr and optim.head_lr must be positive")
+    if not 0 <= cfg.augment.dir_prob <= 1 or not 0 <= cfg.augment.mixstyle_p <= 1:
+        raise ConfigError("augment.dir_prob and augment.mixstyle_p are probabilities in [0, 1]")
+    if cfg.data.clip_seconds is None:
+        raise ConfigError("data.clip_seconds must be set for training (the crop length)")
+    gradient_accumulation(cfg, world_size)
+    if cfg.data.val_split == cfg.data.test_split:
+        raise ConfigError(f"data.val_split and data.test_split are both {cfg.data.test_split!r}: choose the best "
+                          "epoch on a split disjoint from test (pack one with --val-fraction)")
+    if cfg.init_from and not Path(cfg.init_from).is_file():
+        raise ConfigError(f"init_from={cfg.init_from}: no such file; give the AudioSet PaSST checkpoint "
+                          "(passt-s-f128-p16-s10-ap.476-swa.pt) or an earlier stage's runs/<stage>/<run>/model.pt, "
+                          "or init_from=null to start from random weights")
+    if cfg.augment.dir_prob > 0 and not (cfg.augment.dir_folder and Path(cfg.augment.dir_folder).is_dir()):
+        raise ConfigError(f"augment.dir_prob={cfg.augment.dir_prob} needs augment.dir_folder (the MicIRP impulse "
+                          f"responses), got {cfg.augment.dir_folder!r}; or set augment.dir_prob=0")
+    folder = cfg.data.folder
+    if not (folder / MANIFEST).is_file():
+        raise ConfigError(f"no packed dataset at {folder} (data.root={cfg.data.root}, data.dataset={cfg.data.dataset}); "
+                          f"pack it with: python -m data_shards pack <cochlscene|tau22|csv> --root <raw folder> "
+                          f"--out {cfg.data.root}   (or try the built-in demo: --demo)")
+    manifest = load_manifest(folder)
+    for key in ("train_split", "val_split", "test_split"):
+        split = getattr(cfg.data, key)
+        if split not in manifest["splits"]:
+            hint = " (pack with --val-fraction to hold out a validation split)" if key == "val_split" else ""
+            raise ConfigError(f"data.{key}={split!r}: {folder} has splits {', '.join(manifest['splits'])}{hint}")
+    if cfg.augment.dir_prob > 0 and "a" not in manifest["devices"]:
+        raise ConfigError(f"augment.dir_prob={cfg.augment.dir_prob}: {cfg.data.dataset} has no device-a clips to "
+                          "convolve; set augment.dir_prob=0")
+    samples = manifest["splits"][cfg.data.train_split]["num_samples"]
+    if samples // world_size < cfg.train.global_batch // world_size:
+        raise ConfigError(f"data.train_split={cfg.data.train_split!r} has {samples} samples: less than one step of "
+                          f"train.global_batch={cfg.train.global_batch}; lower train.global_batch")
+    return manifest
+
+
+def deepspeed_config(cfg: Config, world_size: int) -> dict:
+    """The DeepSpeed JSON, generated from the config (mixed precision is torch autocast, see engine.py)."""
+    return {
+        "train_batch_size": cfg.train.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch,
+        "gradient_accumulation_steps": gradient_accumulation(cfg, world_size),
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "steps_per_print": 2**31 - 1,  # the trainer logs loss, per-group lr and throughput itself
+        "wall_clock_breakdown": False,
+    }
