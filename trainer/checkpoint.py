@@ -1,0 +1,109 @@
+"""Checkpoints: DeepSpeed state + per-rank RNG, pruning, the consolidated `model.pt`, and pre-emption signals.
+
+A checkpoint tag `e<epoch>-s<step>` holds the engine (module, optimizer / ZeRO partitions, LR
+scheduler) and a client state with the data position (`epoch`, `step_in_epoch`), `global_step` and the
+model-selection history.  Each rank also stores its RNG states (torch, CUDA, NumPy, Python); they are
+written before DeepSpeed updates `latest`, so a tag named there is complete.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+
+
+def tag_name(epoch: int, global_step: int) -> str:
+    return f"e{epoch:04d}-s{global_step:09d}"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save(engine, root: Path, tag: str, client_state: dict, rank: int) -> None:
+    """Collective: every rank calls it."""
+    (root / tag).mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), root / tag / f"rng_rank{rank:05d}.pt")
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+
+
+def load(engine, root: Path, rank: int) -> dict | None:
+    """Restore the newest checkpoint under `root` (collective); returns its client state, None if there is none."""
+    if not (root / LATEST).is_file():
+        return None
+    tag = (root / LATEST).read_text().strip()
+    path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"could not load checkpoint {root / tag}; remove {root / LATEST} to start over")
+    rng_file = root / tag / f"rng_rank{rank:05d}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log.warning("%s has no RNG state for rank %d (saved with another number of ranks?)", root / tag, rank)
+    return client_state
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` tags (rank 0, after the save)."""
+    tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("e"))
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(module: torch.nn.Module, path: Path, classes: list[str], config: dict) -> Path:
+    """The hand-off file: fp32 state dict (official key names), class list and the resolved config."""
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"state_dict": state, "classes": list(classes), "config": config}, tmp)
+    tmp.replace(path)
+    return path
+
+
+class Preemption:
+    """Remembers SIGTERM / SIGUSR1 (SLURM's time-limit and pre-emption signals) until the next step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> "Preemption":
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signum
+        log.warning("received %s: checkpointing at the end of this step", signal.Signals(signum).name)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

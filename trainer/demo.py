@@ -1,0 +1,38 @@
+"""The built-in demo corpus for `launch/train.py --demo`: generated and packed on first use, by one process."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from data_shards.manifest import MANIFEST
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("cochlscene", "tau22")
+
+
+def ensure_demo_shards(shards: Path, *, timeout_s: float = 1800.0) -> None:
+    """Pack the demo corpus into `shards` (raw audio beside it, in `../raw`) unless it is there already.
+
+    Runs before the process group exists: rank 0 packs (publishing is atomic), the others wait for the
+    manifests.
+    """
+    ready = lambda: all((shards / name / MANIFEST).is_file() for name in DATASETS)  # noqa: E731
+    if ready():
+        return
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        from data_shards.__main__ import main as data_shards_cli
+
+        raw = shards.parent / "raw"
+        log.info("packing the demo corpus into %s (first use)", shards)
+        code = data_shards_cli(["pack", "demo", "--root", str(raw), "--out", str(shards), "--overwrite"])
+        if code != 0 or not ready():
+            raise RuntimeError(f"packing the demo corpus into {shards} failed (exit {code}); try: make demo")
+        return
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to pack the demo corpus into {shards}")
+        time.sleep(1.0)

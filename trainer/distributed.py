@@ -1,0 +1,107 @@
+"""Process-group set-up for every launcher, and the few collectives the trainer needs.
+
+Launchers: `deepspeed` and `torchrun` set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+`srun` with one task per GPU sets SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, which are mapped to the
+former (the sbatch scripts export MASTER_ADDR / MASTER_PORT); plain `python` runs one process.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_environment(env: dict[str, str]) -> dict[str, str]:
+    """The RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* variables this process should run with."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return {}
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("srun with several tasks: export MASTER_ADDR (the first node of SLURM_JOB_NODELIST) "
+                               "and MASTER_PORT in the sbatch script, as launch/slurm/*.sbatch do")
+        return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
+                "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
+    return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": env.get("MASTER_ADDR", "127.0.0.1"),
+            "MASTER_PORT": env.get("MASTER_PORT", str(_free_port()))}
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def setup(device_choice: str) -> Dist:
+    """Join (or create) the process group on the chosen device type; idempotent."""
+    os.environ.update(launcher_environment(dict(os.environ)))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(device_choice)
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed must not pick CUDA for a CPU run
+    info = Dist(rank, world, local, device)
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=info.backend, auto_mpi_discovery=False)
+    return info
+
+
+def all_mean(values: torch.Tensor) -> torch.Tensor:
+    out = values.clone()
+    dist.all_reduce(out)
+    return out / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is True on any (e.g. a pre-emption signal reached only some ranks)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate equally shaped per-rank tensors in rank order (on every rank)."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_object(obj, src: int = 0):
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,317 @@
+"""The SIT trainer: one stage (CochlScene, TAU22, ...) trained with DeepSpeed, evaluated, checkpointed, handed off.
+
+`Trainer(cfg).fit()` sets up in the order of the recipe (processes -> config checks -> run folder ->
+loaders -> model -> optimizer and schedule -> DeepSpeed -> resume), trains epoch by epoch with
+validation and model selection, evaluates the best model on the test split and writes `summary.json`.
+Mixed precision is torch autocast over fp32 master weights (the reference recipe's AMP), so `model.pt`
+is exactly the trained fp32 weights whatever the ZeRO stage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tabulate import tabulate
+from tqdm import tqdm
+
+from . import checkpoint, distributed
+from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, to_dict, to_yaml, validate
+from .data import make_loader
+from .data.augment import FreqMixStyle
+from .metrics import classification_metrics
+from .model.frontend import MelFrontend
+from .model.passt import count_parameters, create_model, load_pretrained
+from .plots import confusion_png
+from .runlog import RunLog
+from .sit import exp_warmup_linear_down, param_groups
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM / SIGUSR1; run again (resume=auto) to continue
+SUMMARY, MODEL = "summary.json", "model.pt"
+
+
+@dataclass
+class Progress:
+    """Where training stands (stored in every checkpoint)."""
+
+    epoch: int = 0  # epoch in progress (or the next one, when step_in_epoch == 0)
+    step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
+    global_step: int = 0
+    best_epoch: int = -1
+    best_score: float | None = None
+    best_val: dict | None = None
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank, 1]).generate_state(1)[0])
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    # --- set-up -----------------------------------------------------------------------------------
+
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        # Processes: one per GPU (or CPU rank), whichever launcher started us.
+        self.dist = d = distributed.setup(cfg.train.device)
+        # Config against the files and the world size, before any heavy work.
+        manifest = validate(cfg, d.world_size)
+        self.classes, self.device_names = manifest["classes"], manifest["devices"]
+        self.accumulation = gradient_accumulation(cfg, d.world_size)
+        # Run folder: one name for all ranks; resolved config and DeepSpeed JSON beside the checkpoints.
+        self.run_dir = self._run_folder()
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        # Loaders: exact per-rank epochs of whole optimizer steps; waveform augmentation inside.
+        self._build_loaders()
+        # Model: PaSST from the previous stage (backbone kept, heads new), mel front-end and MixStyle.
+        checkpoint.seed_everything(cfg.train.seed)  # identical initial weights on every rank
+        model = self._build_model().to(d.device)
+        self.frontend = MelFrontend.from_config(cfg.frontend).to(d.device)
+        self.mixstyle = FreqMixStyle(cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha)
+        # Optimizer: slow-learner groups; one per-epoch LambdaLR factor keeps the groups' ratio.
+        groups = param_groups(model, cfg.optim.method, lr=cfg.optim.lr, head_lr=cfg.optim.head_lr,
+                              weight_decay=cfg.optim.weight_decay)
+        self.group_names = [g.pop("name") for g in groups]
+        optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        self.lr_factor = exp_warmup_linear_down(cfg.schedule.warm_up_len, cfg.schedule.ramp_down_len,
+                                                cfg.schedule.ramp_down_start, cfg.schedule.last_lr_value)
+        steps = self.train_loader.plan.steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step // steps))
+        # DeepSpeed: ZeRO stage, accumulation and clipping from the config.
+        import deepspeed
+
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=deepspeed_config(cfg, d.world_size),
+                                                    dist_init_required=False)
+        # Resume: engine, optimizer, scheduler, RNG and data position of the newest checkpoint.
+        state = checkpoint.load(self.engine, self.ckpt_dir, d.rank) if cfg.run.resume == "auto" else None
+        self.progress = Progress(**state["progress"]) if state else Progress()
+        self.runlog = RunLog(self.run_dir, d.is_main, group_names=self.group_names,
+                             resume_step=self.progress.global_step + 1 if state else 0,
+                             resume_epoch=self.progress.epoch,
+                             wandb_project=cfg.run.wandb_project if cfg.run.wandb else None, config=to_dict(cfg))
+        plan = self.train_loader.plan
+        log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, %s | global batch %d = %d micro x %d accumulation x %d "
+                 "rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %d, test %d | %s %.1fM params, "
+                 "%s, lr %s | %s", self.run_dir, d.world_size, d.device.type, d.backend, cfg.train.zero_stage,
+                 cfg.train.precision, cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size,
+                 cfg.data.dataset, plan.num_samples, plan.steps, cfg.train.epochs, self.val_loader.plan.num_samples,
+                 self.test_loader.plan.num_samples, cfg.model.name, count_parameters(model) / 1e6, cfg.optim.method,
+                 " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)),
+                 f"resumed at epoch {self.progress.epoch} step {self.progress.global_step}" if state else "new run")
+        return self
+
+    def _run_folder(self) -> Path:
+        cfg, d = self.cfg, self.dist
+        name = distributed.broadcast_object(cfg.run.name or time.strftime("%Y%m%d-%H%M%S"))
+        folder = Path(cfg.run.out) / cfg.stage / name
+        if cfg.run.resume == "never" and (folder / "checkpoints" / checkpoint.LATEST).is_file():
+            raise RuntimeError(f"{folder} already holds a run and run.resume=never; choose another run.name or "
+                               "set run.resume=auto to continue it")
+        if d.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.yaml").write_text(to_yaml(cfg))
+            (folder / "deepspeed.json").write_text(json.dumps(deepspeed_config(cfg, d.world_size), indent=2) + "\n")
+        dist.barrier()
+        return folder
+
+    def _build_loaders(self) -> None:
+        cfg, d = self.cfg, self.dist
+        common = dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
+                      sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds, seed=cfg.train.seed,
+                      num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer)
+        self.train_loader = make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch,
+                                        training=True, accumulation=self.accumulation, roll=cfg.augment.roll,
+                                        dir_prob=cfg.augment.dir_prob, dir_folder=cfg.augment.dir_folder,
+                                        gain_db=cfg.augment.gain_db, **common)
+        self.val_loader = make_loader(cfg.data.folder, cfg.data.val_split, batch_size=cfg.train.eval_batch,
+                                      training=False, **common)
+        self.test_loader = make_loader(cfg.data.folder, cfg.data.test_split, batch_size=cfg.train.eval_batch,
+                                       training=False, **common)
+
+    def _build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        m = cfg.model
+        model = create_model(m.name, len(self.classes), s_patchout_t=m.s_patchout_t, s_patchout_f=m.s_patchout_f,
+                             attention=m.attention, checkpoint_activations=m.checkpoint_activations)
+        if cfg.init_from:
+            load_pretrained(model, cfg.init_from)  # another class count: head.1 / head_dist re-initialised
+            if cfg.reinit_heads:
+                model.reinit_heads(len(self.classes))
+        return model
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def fit(self) -> int:
+        """Train the remaining epochs, then test; returns 0, or EXIT_PREEMPTED after a pre-emption checkpoint."""
+        cfg, p = self.cfg, self.progress
+        with checkpoint.Preemption() as preemption:
+            while p.epoch < cfg.train.epochs:
+                train_loss = self._train_epoch(preemption)
+                if train_loss is None:
+                    self._save()
+                    if self.dist.is_main:
+                        print(f"checkpointed at epoch {p.epoch} step {p.global_step} after a pre-emption signal; "
+                              f"run the same command again to resume: {self.run_dir}", flush=True)
+                    return EXIT_PREEMPTED
+                self._end_epoch(train_loss)
+        self._finish()
+        return 0
+
+    def _train_epoch(self, preemption: checkpoint.Preemption) -> float | None:
+        """One epoch (or its rest after a resume); the mean loss, or None when a signal stopped it."""
+        cfg, d, p = self.cfg, self.dist, self.progress
+        if p.step_in_epoch == 0:
+            checkpoint.seed_everything(epoch_seed(cfg.train.seed, p.epoch, d.rank))
+        for module in (self.engine, self.frontend, self.mixstyle):
+            module.train()
+        steps = self.train_loader.plan.steps
+        bar = tqdm(total=steps, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", disable=not d.is_main,
+                   dynamic_ncols=True, leave=False)
+        window = torch.zeros((), device=d.device)
+        losses, started = [], time.perf_counter()
+        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
+        for batch in self.train_loader.batches(p.epoch, skip=p.step_in_epoch * self.accumulation):
+            with autocast:
+                logits, _ = self.engine(self.mixstyle(self.frontend(batch["audio"])))
+            loss = F.cross_entropy(logits.float(), batch["label"])
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            lrs = dict(zip(self.group_names, self.engine.get_lr()))
+            self.engine.backward(loss)
+            self.engine.step()
+            window += loss.detach()
+            if not boundary:
+                continue
+            stats = torch.stack([window / self.accumulation, torch.tensor(float(preemption.received is not None),
+                                                                          device=d.device)])
+            dist.all_reduce(stats)
+            step_loss, stop = stats[0].item() / d.world_size, stats[1].item() > 0
+            window.zero_()
+            p.global_step += 1
+            p.step_in_epoch += 1
+            now = time.perf_counter()
+            self.runlog.step(p.epoch, p.global_step, step_loss, lrs, cfg.train.global_batch / (now - started))
+            started = now
+            losses.append(step_loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{next(iter(lrs.values())):.2e}")
+            if stop:
+                bar.close()
+                return None
+        bar.close()
+        if p.step_in_epoch != steps:
+            raise RuntimeError(f"epoch {p.epoch} ended after {p.step_in_epoch} of {steps} steps: the loader yielded "
+                               "fewer batches than planned")
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _end_epoch(self, train_loss: float) -> None:
+        cfg, p = self.cfg, self.progress
+        val = self.evaluate(self.val_loader)
+        score = val[cfg.train.select_metric]
+        better = SELECT_METRICS[cfg.train.select_metric]
+        if p.best_score is None or (score is not None and better(score, p.best_score) != p.best_score):
+            p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
+            if self.dist.is_main:
+                checkpoint.export_model(self.engine.module, self.run_dir / MODEL, self.classes, to_dict(cfg))
+        self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val)
+        if self.dist.is_main:
+            log.info("epoch %d: train loss %.4f | val accuracy %.4f, macro %.4f, log loss %.4f%s", p.epoch, train_loss,
+                     val["accuracy"], val["macro_accuracy"] or float("nan"), val["log_loss"],
+                     " (best)" if p.best_epoch == p.epoch else "")
+        p.epoch += 1
+        p.step_in_epoch = 0
+        self._save()
+
+    def _save(self) -> None:
+        p = self.progress
+        client = {"progress": asdict(p), "config": to_dict(self.cfg)}
+        checkpoint.save(self.engine, self.ckpt_dir, checkpoint.tag_name(p.epoch, p.global_step), client, self.dist.rank)
+        dist.barrier()
+        if self.dist.is_main:
+            checkpoint.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict:
+        """Metrics of one pass over a split, every sample exactly once across ranks (padding removed)."""
+        d = self.dist
+        for module in (self.engine, self.frontend):
+            module.eval()
+        logits, labels, devices, valid = [], [], [], []
+        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
+        for batch in loader:
+            with autocast:
+                out, _ = self.engine.module(self.frontend(batch["audio"]))
+            logits.append(out.float())
+            labels.append(batch["label"])
+            devices.append(batch["device"])
+            valid.append(batch["valid"])
+        keep = distributed.gather_cat(torch.cat(valid))
+        gathered = [distributed.gather_cat(torch.cat(x))[keep] for x in (logits, labels, devices)]
+        return classification_metrics(*gathered, self.classes, self.device_names)
+
+    def _finish(self) -> None:
+        cfg, d, p = self.cfg, self.dist, self.progress
+        dist.barrier()
+        best = torch.load(self.run_dir / MODEL, map_location=d.device, weights_only=True)
+        self.engine.module.load_state_dict(best["state_dict"])
+        test = self.evaluate(self.test_loader)
+        if d.is_main:
+            summary = {"stage": cfg.stage, "run_dir": str(self.run_dir), "method": cfg.optim.method,
+                       "dataset": cfg.data.dataset, "train_split": cfg.data.train_split,
+                       "val_split": cfg.data.val_split, "test_split": cfg.data.test_split,
+                       "select_metric": cfg.train.select_metric, "best_epoch": p.best_epoch, "epochs": cfg.train.epochs,
+                       "global_steps": p.global_step, "world_size": d.world_size,
+                       "global_batch": cfg.train.global_batch, "classes": self.classes, "val": p.best_val,
+                       "test": test}
+            tmp = self.run_dir / f".{SUMMARY}.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            tmp.replace(self.run_dir / SUMMARY)
+            for split, metrics in (("val", p.best_val), ("test", test)):
+                confusion_png(metrics["confusion"], self.classes, self.run_dir / f"confusion_{split}.png",
+                              f"{cfg.stage} {split} ({getattr(cfg.data, split + '_split')}), "
+                              f"accuracy {metrics['accuracy']:.3f}")
+            _point_latest(self.run_dir)
+            print(results_table(p.best_val, test), flush=True)
+            print(f"run directory: {self.run_dir}", flush=True)
+
+    def close(self) -> None:
+        if hasattr(self, "runlog"):
+            self.runlog.close()
+
+
+def _point_latest(run_dir: Path) -> None:
+    """runs/<stage>/latest -> the newest finished run (what the next stage's init_from names by default)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(link)
+
+
+def results_table(val: dict, test: dict) -> str:
+    """The final metrics, validation (best epoch) next to test."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    rows = [["accuracy %", pct(val["accuracy"]), pct(test["accuracy"])],
+            ["macro class accuracy %", pct(val["macro_accuracy"]), pct(test["macro_accuracy"])],
+            ["log loss", f"{val['log_loss']:.4f}", f"{test['log_loss']:.4f}"]]
+    for group in ("real", "seen", "unseen"):
+        if group in val["device_groups"] or group in test["device_groups"]:
+            rows.append([f"devices {group} %", pct(val["device_groups"].get(group)),
+                         pct(test["device_groups"].get(group))])
+    rows += [[f"class {name} %", pct(val["per_class"][name]), pct(test["per_class"][name])] for name in val["per_class"]]
+    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"])
