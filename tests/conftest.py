@@ -25,3 +25,12 @@ def packed(demo_root, tmp_path_factory) -> dict[str, Path]:
         result = pack(scan, PackOptions(out=out, shard_samples=7, workers=2, seed=3))
         folders[scan.dataset] = result.folder
     return folders
+
+
+@pytest.fixture(scope="session")
+def trainable(demo_root, tmp_path_factory) -> Path:
+    """Both demo datasets packed as the trainer expects them: TAU with a 'val' split held out of train."""
+    out = tmp_path_factory.mktemp("train_shards")
+    pack(cochlscene.scan(demo_root["cochlscene"]), PackOptions(out=out, shard_samples=7, workers=2, seed=3))
+    pack(tau22.scan(demo_root["tau22"]), PackOptions(out=out, shard_samples=7, workers=2, seed=3, val_fraction=0.5))
+    return out

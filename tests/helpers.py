@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from data_shards.manifest import load_manifest
@@ -21,3 +26,61 @@ def read_split(folder: Path, split: str) -> list[tuple[str, dict, bytes]]:
         for key, members in iter_samples(folder / shard["path"]):
             samples.append((key, json.loads(members["json"]), members[ext]))
     return samples
+
+
+# --- running the trainer as separate processes ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "launch" / "train.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_overrides(shards: Path, runs: Path, name: str, dataset: str = "cochlscene", **extra) -> list[str]:
+    """A tiny, fast training stage on the packed test corpus (everything else from configs/<stage>.yaml)."""
+    settings = {"data.root": shards, "data.dataset": dataset, "data.clip_seconds": 1.0, "data.num_workers": 1,
+                "data.shuffle_buffer": 16, "init_from": "null", "model.name": "passt_micro", "train.epochs": 3,
+                "train.global_batch": 8, "train.micro_batch": 2, "train.eval_batch": 4, "train.precision": "fp32",
+                "optim.lr": 1e-3, "optim.head_lr": 1e-2, "schedule.warm_up_len": 1, "schedule.ramp_down_start": 1,
+                "schedule.ramp_down_len": 2, "run.out": runs, "run.name": name, "augment.dir_prob": 0.0}
+    settings.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def start_ranks(args: list[str], log_dir: Path, world: int = 2) -> list[subprocess.Popen]:
+    """`world` trainer processes wired like `srun` one-task-per-GPU (RANK / WORLD_SIZE / MASTER_*)."""
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        out = open(log_dir / f"rank{rank}-{time.monotonic_ns()}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, str(TRAIN), *args], env=env, stdout=out,
+                                      stderr=subprocess.STDOUT, cwd=REPO))
+    return procs
+
+
+def wait_ranks(procs: list[subprocess.Popen], timeout: float = 600) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def run_command(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def logs(log_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))

@@ -166,3 +166,16 @@ def test_other_formats_and_resampling(demo_root, tmp_path, audio_format):
         expected = AF.resample(torch.from_numpy(source), 44100, 32000).numpy()
         tolerance = 1 / 32768 if audio_format == "pcm16" else 1 / 2**23
         np.testing.assert_allclose(decoded, expected, atol=tolerance)
+
+
+def test_validation_hold_out_is_disjoint_by_recording(trainable, packed):
+    """--val-fraction: whole recordings (identifiers) per class leave train and the low-resource lists."""
+    held = {s: read_split(trainable / "tau22", s) for s in ("train", "val", "test", "split5", "split100")}
+    ids = {s: {m["identifier"] for _, m, _ in rows} for s, rows in held.items()}
+    assert ids["val"] and not ids["val"] & (ids["train"] | ids["split5"] | ids["split100"] | ids["test"])
+    assert {m["label"] for _, m, _ in held["val"]} == set(load_manifest(trainable / "tau22")["classes"])
+    assert all(m["split"] == "val" for _, m, _ in held["val"])
+    original = {s: {k for k, _, _ in read_split(packed["tau22"], s)} for s in ("train", "test")}
+    assert {k for k, _, _ in held["test"]} == original["test"]  # test untouched
+    assert {k for k, _, _ in held["train"]} | {k for k, _, _ in held["val"]} == original["train"]
+    assert load_manifest(trainable / "tau22")["options"]["val_fraction"] == 0.5

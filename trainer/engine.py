@@ -51,6 +51,18 @@ class Progress:
     best_val: dict | None = None
 
 
+def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+    """PaSST for `num_classes`, from `init_from` when given: backbone kept, classifier heads new (SIT stage rule)."""
+    m = cfg.model
+    model = create_model(m.name, num_classes, s_patchout_t=m.s_patchout_t, s_patchout_f=m.s_patchout_f,
+                         attention=m.attention, checkpoint_activations=m.checkpoint_activations)
+    if cfg.init_from:
+        load_pretrained(model, cfg.init_from)  # another class count: head.1 / head_dist re-initialised
+        if cfg.reinit_heads:
+            model.reinit_heads(num_classes)
+    return model
+
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank, 1]).generate_state(1)[0])
 
@@ -76,7 +88,7 @@ class Trainer:
         self._build_loaders()
         # Model: PaSST from the previous stage (backbone kept, heads new), mel front-end and MixStyle.
         checkpoint.seed_everything(cfg.train.seed)  # identical initial weights on every rank
-        model = self._build_model().to(d.device)
+        model = build_model(cfg, len(self.classes)).to(d.device)
         self.frontend = MelFrontend.from_config(cfg.frontend).to(d.device)
         self.mixstyle = FreqMixStyle(cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha)
         # Optimizer: slow-learner groups; one per-epoch LambdaLR factor keeps the groups' ratio.
@@ -139,17 +151,6 @@ class Trainer:
                                       training=False, **common)
         self.test_loader = make_loader(cfg.data.folder, cfg.data.test_split, batch_size=cfg.train.eval_batch,
                                        training=False, **common)
-
-    def _build_model(self) -> torch.nn.Module:
-        cfg = self.cfg
-        m = cfg.model
-        model = create_model(m.name, len(self.classes), s_patchout_t=m.s_patchout_t, s_patchout_f=m.s_patchout_f,
-                             attention=m.attention, checkpoint_activations=m.checkpoint_activations)
-        if cfg.init_from:
-            load_pretrained(model, cfg.init_from)  # another class count: head.1 / head_dist re-initialised
-            if cfg.reinit_heads:
-                model.reinit_heads(len(self.classes))
-        return model
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -314,4 +315,5 @@ def results_table(val: dict, test: dict) -> str:
             rows.append([f"devices {group} %", pct(val["device_groups"].get(group)),
                          pct(test["device_groups"].get(group))])
     rows += [[f"class {name} %", pct(val["per_class"][name]), pct(test["per_class"][name])] for name in val["per_class"]]
-    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"])
+    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"],
+                    disable_numparse=True, colalign=("left", "right", "right"))

@@ -1,0 +1,91 @@
+"""Configuration: layers, overrides, validation messages that name the key, the generated DeepSpeed JSON."""
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import ConfigError, deepspeed_config, load_config, validate
+from trainer.model.frontend import FrontendConfig
+
+from .helpers import train_overrides
+
+
+def test_stage_yaml_holds_the_recipe():
+    cfg = load_config("cochl")
+    assert (cfg.optim.method, cfg.optim.lr, cfg.optim.head_lr, cfg.optim.weight_decay) == ("sit", 1e-4, 1e-3, 1e-3)
+    assert (cfg.schedule.warm_up_len, cfg.schedule.ramp_down_len, cfg.schedule.ramp_down_start,
+            cfg.schedule.last_lr_value) == (3, 10, 3, 0.01)
+    assert (cfg.train.global_batch, cfg.train.epochs, cfg.model.s_patchout_f, cfg.model.s_patchout_t) == (256, 25, 6, 0)
+    assert (cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha) == (0.4, 0.4)
+    assert isinstance(cfg.frontend, FrontendConfig) and cfg.frontend.sample_rate == 44100
+    tau = load_config("tau")
+    assert (tau.data.dataset, tau.augment.dir_prob, tau.data.clip_seconds) == ("tau22", 0.6, 1.0)
+    assert load_config("standard_ft").optim.method == "standard_ft"
+
+
+def test_layers_and_overrides():
+    demo = load_config("cochl", ["train.epochs=2", "optim.betas=[0.8,0.9]"], demo=True)
+    assert (demo.model.name, demo.data.root, demo.init_from) == ("passt_mini", "data/demo/shards", None)
+    assert demo.train.epochs == 2 and demo.optim.betas == [0.8, 0.9]
+    assert demo.data.dataset == "cochlscene"  # from configs/cochl.yaml, untouched by the overlay
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochz=3", "'train.epochz'"),
+    ("train.epochs=three", "'train.epochs'"),
+    ("nonsense=1", "'nonsense'"),
+    ("train.epochs", "key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("cochl", [override])
+
+
+def test_unknown_stage_lists_the_stages():
+    with pytest.raises(ConfigError, match="stages: .*cochl.*tau"):
+        load_config("cochlear")
+
+
+@pytest.mark.parametrize("override,world,message", [
+    ("train.micro_batch=48", 2, r"train.global_batch=8 is not a multiple of train.micro_batch=48 x 2"),
+    ("train.micro_batch=3", 1, r"train.global_batch=8 is not a multiple of train.micro_batch=3 x 1"),
+    ("optim.method=slow", 1, r"optim.method='slow' is not one of sit, seq_ft, standard_ft"),
+    ("train.zero_stage=3", 1, r"train.zero_stage=3 is not one of 0, 1, 2"),
+    ("data.val_split=test", 1, r"data.val_split and data.test_split are both 'test'"),
+    ("data.train_split=split7", 1, r"data.train_split='split7': .* has splits train, val, test"),
+    ("init_from=/nowhere/model.pt", 1, r"init_from=/nowhere/model.pt: no such file"),
+    ("augment.dir_prob=0.6", 1, r"augment.dir_prob=0.6 needs augment.dir_folder"),
+    ("data.dataset=cochl", 1, r"no packed dataset at .*cochl \(data.root=.*data.dataset=cochl\); pack it with"),
+    ("train.global_batch=64", 1, r"has 26 samples: less than one step of train.global_batch=64"),
+])
+def test_bad_configs_fail_before_any_work(trainable, tmp_path, override, world, message):
+    cfg = load_config("cochl", train_overrides(trainable, tmp_path, "x") + [override])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg, world)
+
+
+def test_dir_needs_device_a(trainable, demo_root, tmp_path):
+    cfg = load_config("cochl", train_overrides(trainable, tmp_path, "x") + [
+        "augment.dir_prob=0.5", f"augment.dir_folder={demo_root['impulse_responses']}"])
+    with pytest.raises(ConfigError, match="augment.dir_prob=0.5: cochlscene has no device-a clips"):
+        validate(cfg, 1)
+
+
+def test_deepspeed_json_is_generated_from_the_config(trainable, tmp_path):
+    cfg = load_config("cochl", train_overrides(trainable, tmp_path, "x") + ["train.zero_stage=2", "optim.grad_clip=1.5"])
+    manifest = validate(cfg, 2)
+    assert manifest["classes"][0] == "Bus"
+    ds = deepspeed_config(cfg, 2)
+    assert ds["train_batch_size"] == 8 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2
+    assert ds["zero_optimization"] == {"stage": 2} and ds["gradient_clipping"] == 1.5
+    assert "bf16" not in ds and "fp16" not in ds  # mixed precision is torch autocast over fp32 weights
+
+
+def test_launcher_reports_config_errors(trainable, tmp_path):
+    from .helpers import TRAIN, run_command
+    import sys
+
+    done = run_command([sys.executable, str(TRAIN), "--stage", "cochl", "train.epochz=3"])
+    assert done.returncode == 2 and "train.epochz" in done.stderr
+    done = run_command([sys.executable, str(TRAIN), "--stage", "cochl", *train_overrides(trainable, tmp_path, "x"),
+                        "data.dataset=missing"])
+    assert done.returncode == 2 and "pack it with" in done.stderr and "--demo" in done.stderr
