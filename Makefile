@@ -1,4 +1,5 @@
-# The two set-up commands of the README.  Each creates .venv and installs what it needs on first use.
+# The two commands of the README.  Each creates .venv and installs what it needs on first use.
+# make demo: pack + verify the demo corpus, then train the SIT chain on it (cochl, then tau) and print the metrics.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,6 +19,8 @@ demo: $(VENV)/.installed
 	$(PY) -m data_shards verify $(DEMO)/shards/tau22
 	$(PY) -m data_shards info $(DEMO)/shards/cochlscene
 	$(PY) -m data_shards info $(DEMO)/shards/tau22
+	$(PY) launch/train.py --stage cochl --demo
+	$(PY) launch/train.py --stage tau --demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

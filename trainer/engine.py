@@ -225,7 +225,9 @@ class Trainer:
             p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
             if self.dist.is_main:
                 checkpoint.export_model(self.engine.module, self.run_dir / MODEL, self.classes, to_dict(cfg))
-        self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val)
+        device = self.dist.device
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val, peak)
         if self.dist.is_main:
             log.info("epoch %d: train loss %.4f | val accuracy %.4f, macro %.4f, log loss %.4f%s", p.epoch, train_loss,
                      val["accuracy"], val["macro_accuracy"] or float("nan"), val["log_loss"],

@@ -31,7 +31,8 @@ class RunLog:
         self.enabled = enabled
         self.folder = folder
         self.step_fields = ["epoch", "step", "loss"] + [f"lr_{g}" for g in group_names] + ["samples_per_s"]
-        self.epoch_fields = ["epoch", "train_loss", "lr_factor", "val_accuracy", "val_macro_accuracy", "val_log_loss"]
+        self.epoch_fields = ["epoch", "train_loss", "lr_factor", "val_accuracy", "val_macro_accuracy", "val_log_loss",
+                             "peak_memory_gib"]
         self._tb = self._wandb = None
         if not enabled:
             return
@@ -72,11 +73,13 @@ class RunLog:
             self._wandb.log({"train/loss": loss, "train/samples_per_s": samples_per_s,
                              **{f"lr/{g}": v for g, v in lrs.items()}}, step=step)
 
-    def epoch(self, epoch: int, step: int, train_loss: float, lr_factor: float, val: dict) -> None:
+    def epoch(self, epoch: int, step: int, train_loss: float, lr_factor: float, val: dict,
+              peak_memory_gib: float | None) -> None:
         if not self.enabled:
             return
         row = {"epoch": epoch, "train_loss": train_loss, "lr_factor": lr_factor, "val_accuracy": val["accuracy"],
-               "val_macro_accuracy": val["macro_accuracy"], "val_log_loss": val["log_loss"]}
+               "val_macro_accuracy": val["macro_accuracy"], "val_log_loss": val["log_loss"],
+               "peak_memory_gib": peak_memory_gib}
         self._append(EPOCHS, self.epoch_fields, row)
         scalars = {"val/accuracy": val["accuracy"], "val/macro_accuracy": val["macro_accuracy"],
                    "val/log_loss": val["log_loss"], "train/epoch_loss": train_loss}
