@@ -178,7 +178,7 @@ class Trainer:
         for module in (self.engine, self.frontend, self.mixstyle):
             module.train()
         steps = self.train_loader.plan.steps
-        bar = tqdm(total=steps, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", disable=not d.is_main,
+        bar = tqdm(total=steps, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", disable=None if d.is_main else True,
                    dynamic_ncols=True, leave=False)
         window = torch.zeros((), device=d.device)
         losses, started = [], time.perf_counter()
