@@ -1,0 +1,210 @@
+"""Split AudioSet continual learning: data, networks, the methods' formulas, forgetting, the runner's contract."""
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.continual.config import load_continual_config
+from trainer.continual.data import DataError, load_pickle, make_tasks, synthetic
+from trainer.continual.methods import METHODS
+from trainer.continual.methods import ewc as ewc_module
+from trainer.continual.methods.si import PathIntegral
+from trainer.continual.nets import MainNet, lstm_explicit
+from trainer.continual.runner import Runner, transfer_metrics
+
+from .helpers import REPO, run_command
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return synthetic(0)
+
+
+@pytest.fixture(scope="module")
+def five_tasks(arrays):
+    return make_tasks(*arrays, num_tasks=5)
+
+
+def test_synthetic_and_tasks_have_the_published_shapes(arrays):
+    x, y, train_ind, test_ind = arrays
+    assert x.shape == (100_000, 10, 128) and x.dtype == np.uint8 and len(train_ind) == 80_000
+    tasks = make_tasks(*arrays)
+    assert len(tasks) == 10 and all(len(t.classes) == 10 for t in tasks)
+    assert sorted(c for t in tasks for c in t.classes) == list(range(100))
+    assert tasks[0].classes == make_tasks(*arrays)[0].classes  # seeded permutation
+    for t in tasks:
+        assert (len(t.train_x), len(t.val_x), len(t.test_x)) == (7500, 500, 2000)
+        assert torch.bincount(t.val_y, minlength=10).tolist() == [50] * 10  # stratified
+        assert set(t.train_y.tolist()) == set(range(10))
+
+
+def _write(tmp_path, obj):
+    path = tmp_path / "audioset.pickle"
+    path.write_bytes(pickle.dumps(obj))
+    return path
+
+
+def test_pickle_loader_accepts_the_layout_and_rejects_malformed_files(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 10, 128), dtype=np.uint8)
+    y = np.repeat(np.arange(4), 10)
+    good = [x, y, np.arange(0, 30), np.arange(30, 40)]
+    loaded = load_pickle(_write(tmp_path, good))
+    assert loaded[0].shape == (40, 10, 128) and loaded[1].dtype == np.int64
+    cases = [
+        ([x, y, np.arange(30)], "expected a list \\[x, y, train_ind, test_ind\\].* of length 3"),
+        ([x[:, :5], y, good[2], good[3]], "x has shape \\(40, 5, 128\\)"),
+        ([x.astype(np.float32), y, good[2], good[3]], "x has dtype float32; expected uint8"),
+        ([x, y[:10], good[2], good[3]], "y has shape \\(10,\\)"),
+        ([x, y, np.arange(35, 45), good[3]], "train_ind must be a 1-D array of integer indexes"),
+        ([x, y, np.arange(0, 31), good[3]], "train_ind and test_ind overlap"),
+        ({"x": x}, "found dict"),
+    ]
+    for obj, message in cases:
+        with pytest.raises(DataError, match=message):
+            load_pickle(_write(tmp_path, obj))
+    (tmp_path / "junk.pickle").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="junk.pickle: not a readable pickle"):
+        load_pickle(tmp_path / "junk.pickle")
+    with pytest.raises(DataError, match="no such file"):
+        load_pickle(tmp_path / "missing.pickle")
+
+
+def test_main_network_size_init_and_explicit_cell():
+    net = MainNet(32, 100)
+    assert net.num_weights() == 24_036
+    bound = 1 / np.sqrt(128)
+    assert net.lstm.weight_ih_l0.abs().max() <= bound and net.lstm.weight_ih_l0.abs().max() > 0.9 * bound
+    x = torch.randint(0, 256, (3, 10, 128), dtype=torch.uint8)
+    params = dict(net.named_parameters())
+    torch.testing.assert_close(net(x, 0), lstm_explicit(params, x.float()), rtol=1e-4, atol=1e-4)
+    mask = (torch.rand(32) > 0.5).float()
+    torch.testing.assert_close(net(x, 0, mask=mask), lstm_explicit(params, x.float(), mask), rtol=1e-4, atol=1e-4)
+    ortho = MainNet(32, 100, orthogonal_init=True).lstm.weight_hh_l0
+    for block in ortho.chunk(4, 0):
+        torch.testing.assert_close(block @ block.T, torch.eye(32), atol=1e-5, rtol=0)
+
+
+def test_hypernetwork_generates_exactly_the_main_networks_weights():
+    cfg = load_continual_config(["method=hnet"])
+    method = METHODS["hnet"](cfg, torch.device("cpu"))
+    assert method.hnet([0, 3]).shape == (2, 24_036) and method.hnet.num_chunks == 13
+    assert sum(p.numel() for p in method.hnet.parameters()) < 24_036  # compression ratio < 1 (0.98)
+    assert all(not p.requires_grad for p in method.net.parameters())  # the main net owns no trained weights
+
+
+def test_masked_units_receive_zero_gradient(five_tasks):
+    cfg = load_continual_config(["method=masking", "data.num_tasks=5"])
+    method = METHODS["masking"](cfg, torch.device("cpu"))
+    task = five_tasks[2]
+    method.loss(task.train_x[:32], task.train_y[:32], 2).backward()
+    off = method.masks[2] == 0
+    assert off.sum() == int(32 * 0.6)
+    rows = off.repeat(4)  # the masked units' rows in each gate block
+    lstm = method.net.lstm
+    for g in (lstm.weight_ih_l0.grad[rows], lstm.weight_hh_l0.grad[rows], lstm.bias_ih_l0.grad[rows],
+              lstm.weight_hh_l0.grad[:, off], method.net.head.weight.grad[:, off]):
+        assert torch.count_nonzero(g) == 0
+    assert torch.count_nonzero(lstm.weight_ih_l0.grad[~rows]) > 0
+
+
+def test_ewc_fisher_equals_brute_force_per_sample_gradients():
+    torch.manual_seed(0)
+    net = MainNet(4, 6)
+    x = torch.randint(0, 20, (7, 10, 128), dtype=torch.uint8)
+    y = torch.randint(0, 3, (7,))
+    head = slice(3, 6)
+    fisher = ewc_module.empirical_fisher(net, dict(net.named_parameters()), x, y, 1, head, chunk=3)
+    expected = {k: torch.zeros_like(p) for k, p in net.named_parameters()}
+    for i in range(len(x)):
+        net.zero_grad()
+        F.cross_entropy(net(x[i:i + 1], 1)[:, head], y[i:i + 1]).backward()
+        for k, p in net.named_parameters():
+            expected[k] += p.grad ** 2 / len(x)
+    for k in expected:
+        torch.testing.assert_close(fisher[k], expected[k], rtol=1e-3, atol=1e-7)
+
+
+def test_online_ewc_applies_gamma_once_per_task(five_tasks, monkeypatch):
+    cfg = load_continual_config(["method=ewc", "data.num_tasks=5", "params.ewc_gamma=0.5"])
+    method = METHODS["ewc"](cfg, torch.device("cpu"))
+    calls = iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(ewc_module, "empirical_fisher",
+                        lambda net, params, *a, **k: {n: torch.full_like(p, next(calls)) if n == "head.bias"
+                                                      else torch.zeros_like(p) for n, p in params.items()})
+    for t in range(3):
+        method.end_task(t, five_tasks[t])
+    assert torch.allclose(method.fisher["head.bias"], torch.tensor(3.0 + 0.5 * 2.0 + 0.25 * 1.0))
+
+
+def test_si_importance_matches_a_hand_computed_quadratic():
+    a, lr, xi, theta0 = 2.0, 0.1, 1e-3, 1.5
+    theta = torch.tensor([theta0], requires_grad=True)
+    si = PathIntegral([theta], xi)
+    si.start_task()
+    values = [theta0]
+    for _ in range(5):
+        g = a * theta.detach()  # gradient of 0.5 a theta^2
+        si.before_update([g])
+        with torch.no_grad():
+            theta -= lr * g
+        si.after_update()
+        values.append(theta.item())
+    si.end_task()
+    omega = sum((values[k + 1] - values[k]) * -(a * values[k]) for k in range(5))
+    assert si.importance[0].item() == pytest.approx(omega / ((values[-1] - theta0) ** 2 + xi), rel=1e-5)
+    assert si.omega[0].item() == 0.0 and si.prev[0].item() == pytest.approx(values[-1])
+
+
+def test_transfer_metrics_by_hand():
+    m = np.array([[80.0, 10, 10], [60, 70, 10], [50, 65, 90]])
+    out = transfer_metrics(m)
+    assert out["during_accuracy"] == pytest.approx(80)
+    assert out["final_accuracy"] == pytest.approx(205 / 3)
+    assert out["backward_transfer"] == pytest.approx(((50 - 80) + (65 - 70)) / 2)
+    assert out["forgetting"] == pytest.approx(((80 - 50) + (70 - 65)) / 2)
+
+
+def _final(method: str, tasks, *overrides) -> dict:
+    cfg = load_continual_config([f"method={method}", "data.num_tasks=5", "n_iter=600", "train.lr=2e-3",
+                                 "train.use_best_models=false", "train.during_acc_criterion=0", *overrides])
+    return Runner(cfg, tasks).run()
+
+
+@pytest.fixture(scope="module")
+def finetune(five_tasks):
+    return _final("finetune", five_tasks)
+
+
+def test_finetuning_forgets(finetune):
+    assert finetune["final_accuracy"] < finetune["during_accuracy"] - 20, finetune["accuracy_matrix"]
+    assert finetune["forgetting"] > 20
+
+
+@pytest.mark.parametrize("method,overrides", [("ewc", ()), ("si", ()), ("coresets", ()),
+                                              ("hnet", ("n_iter=1000", "train.weight_decay=0"))])
+def test_methods_protect_old_tasks(five_tasks, finetune, method, overrides):
+    result = _final(method, five_tasks, *overrides)
+    assert result["final_accuracy"] > finetune["final_accuracy"] + 10, (result["accuracy_matrix"], finetune)
+
+
+def test_launcher_contract(tmp_path):
+    done = run_command([sys.executable, str(REPO / "launch" / "continual.py"), "method=slow_learner", "n_iter=30",
+                        "data.num_tasks=2", f"out={tmp_path}", "name=r"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = tmp_path / "slow_learner" / "r"
+    assert f"run directory: {folder}" in done.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["method"] == "slow_learner" and len(summary["accuracy_matrix"]) == 2
+    assert {"during_accuracy", "final_accuracy", "backward_transfer"} <= set(summary)
+    assert (folder / "accuracy_matrix.png").stat().st_size > 1000
+    bad = run_command([sys.executable, str(REPO / "launch" / "continual.py"), "method=nope"])
+    assert bad.returncode == 2 and "method=nope" in bad.stderr and "finetune" in bad.stderr
+    bad = run_command([sys.executable, str(REPO / "launch" / "continual.py"), "method=ewc", "data.pickle=/no/file"])
+    assert bad.returncode == 2 and "/no/file: no such file" in bad.stderr

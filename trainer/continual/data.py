@@ -1,0 +1,123 @@
+"""Split AudioSet: the published pickle (read from a local path), a synthetic stand-in, and the 10 tasks.
+
+The pickle is a list `[x (N, 10, 128) uint8 VGGish codes, y (N,) class ids, train_ind, test_ind]`.
+Tasks: the 100 classes permuted with a seed (42) and cut into rows of `classes_per_task`; labels are
+re-mapped to 0..classes_per_task-1; `val_size` samples of each task's train part are split off,
+stratified by class, as its validation set.
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FRAMES, CODES = 10, 128
+
+
+class DataError(ValueError):
+    """A pickle that is not the Split AudioSet layout; the message names the file and the part."""
+
+
+@dataclass
+class Task:
+    index: int
+    classes: list[int]  # original class ids, in label order
+    train_x: torch.Tensor  # uint8 [n, 10, 128]
+    train_y: torch.Tensor  # int64 labels 0..k-1
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(x, y, train_ind, test_ind)` from the published pickle, checked for shapes, types and index ranges."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (data.pickle should name audioset_data_balanced.pickle)")
+    try:
+        with path.open("rb") as f:
+            obj = pickle.load(f)
+    except Exception as exc:  # unpickling errors come in many types; all mean "not this file"
+        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, (list, tuple)) or len(obj) != 4:
+        raise DataError(f"{path}: expected a list [x, y, train_ind, test_ind], found {type(obj).__name__}"
+                        + (f" of length {len(obj)}" if isinstance(obj, (list, tuple)) else ""))
+    x, y, train_ind, test_ind = (np.asarray(v) for v in obj)
+    if x.ndim != 3 or x.shape[1:] != (FRAMES, CODES):
+        raise DataError(f"{path}: x has shape {x.shape}; expected (N, {FRAMES}, {CODES}) VGGish codes")
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: x has dtype {x.dtype}; expected uint8 codes")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y has shape {y.shape} and dtype {y.dtype}; expected ({len(x)},) integer class ids")
+    for name, ind in (("train_ind", train_ind), ("test_ind", test_ind)):
+        if ind.ndim != 1 or not np.issubdtype(ind.dtype, np.integer) or (ind.size and (ind.min() < 0 or ind.max() >= len(x))):
+            raise DataError(f"{path}: {name} must be a 1-D array of integer indexes into x (0..{len(x) - 1})")
+    if np.intersect1d(train_ind, test_ind).size:
+        raise DataError(f"{path}: train_ind and test_ind overlap")
+    return x, y.astype(np.int64), train_ind.astype(np.int64), test_ind.astype(np.int64)
+
+
+def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800, test_per_class: int = 200,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A stand-in with the pickle's shapes, sizes and dtype, in which tasks interfere.
+
+    Every class is a temporal pattern in one shared 24-code subspace (its own random direction per frame)
+    on top of low-valued noise codes (small raw inputs keep the LSTM's gates out of saturation, so short
+    test runs learn); all tasks compete for the same input features and recurrent units, so training on
+    a new task overwrites what the old heads read (fine-tuning forgets).
+    """
+    rng = np.random.default_rng(seed)
+    shared = rng.choice(CODES, 24, replace=False)
+    patterns = rng.normal(0.0, 1.0, (num_classes, FRAMES, len(shared)))
+    per_class = train_per_class + test_per_class
+    y = np.repeat(np.arange(num_classes), per_class)
+    x = rng.standard_normal((len(y), FRAMES, CODES), dtype=np.float32) * 3.0 + 4.0
+    x[:, :, shared] += 4.0 + 2.0 * patterns[y].astype(np.float32) * rng.uniform(0.6, 1.4, (len(y), 1, 1)).astype(np.float32)
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    order = rng.permutation(len(y))
+    x, y = x[order], y[order]
+    train_ind, test_ind = [], []
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        train_ind.append(members[:train_per_class])
+        test_ind.append(members[train_per_class:])
+    return x, y, np.sort(np.concatenate(train_ind)), np.sort(np.concatenate(test_ind))
+
+
+def make_tasks(x: np.ndarray, y: np.ndarray, train_ind: np.ndarray, test_ind: np.ndarray, *, num_tasks: int = 10,
+               classes_per_task: int = 10, seed: int = 42, val_size: int = 500) -> list[Task]:
+    classes = np.unique(y)
+    if len(classes) < num_tasks * classes_per_task:
+        raise DataError(f"{len(classes)} classes in the data; {num_tasks} tasks x {classes_per_task} classes "
+                        "need more: lower num_tasks or classes_per_task")
+    order = np.random.RandomState(seed).permutation(classes)[:num_tasks * classes_per_task]
+    rng = np.random.RandomState(seed)
+    tasks = []
+    for t, row in enumerate(order.reshape(num_tasks, classes_per_task)):
+        remap = {int(c): i for i, c in enumerate(row)}
+        train = train_ind[np.isin(y[train_ind], row)]
+        test = test_ind[np.isin(y[test_ind], row)]
+        val = _stratified(train, y, val_size, rng)
+        train = np.setdiff1d(train, val)
+        label = lambda idx: torch.tensor([remap[int(c)] for c in y[idx]], dtype=torch.int64)  # noqa: E731
+        tasks.append(Task(t, [int(c) for c in row], torch.from_numpy(x[train]), label(train),
+                          torch.from_numpy(x[val]), label(val), torch.from_numpy(x[test]), label(test)))
+    return tasks
+
+
+def _stratified(indices: np.ndarray, y: np.ndarray, size: int, rng: np.random.RandomState) -> np.ndarray:
+    """`size` of `indices`, spread over classes in proportion (largest remainders)."""
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if size >= len(indices):
+        raise DataError(f"val_size={size} leaves no training data (a task has {len(indices)} train samples)")
+    labels, counts = np.unique(y[indices], return_counts=True)
+    share = counts * size / counts.sum()
+    take = np.floor(share).astype(int)
+    take[np.argsort(share - take)[::-1][:size - take.sum()]] += 1
+    return np.sort(np.concatenate([rng.choice(indices[y[indices] == c], k, replace=False)
+                                   for c, k in zip(labels, take)]))

@@ -1,0 +1,173 @@
+"""Train a method through the task sequence and fill the accuracy matrix.
+
+A[t, j] = test accuracy (%) on task j after training task t (every task, also the future ones).
+during = mean of diag(A); final = mean of A's last row; backward transfer = mean over j < T-1 of
+A[T-1, j] - A[j, j]; forgetting = mean over j < T-1 of max_{t<T-1} A[t, j] - A[T-1, j].
+The run folder gets the resolved config, `log.csv` (loss every 100 iterations, validation checks),
+`summary.json` and `accuracy_matrix.png`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from ..distributed import resolve_device
+from ..plots import heatmap_png
+from .config import ContinualConfig, to_dict
+from .data import Task, load_pickle, make_tasks, synthetic
+from .methods import METHODS, Method
+
+log = logging.getLogger(__name__)
+
+
+def load_tasks(cfg: ContinualConfig) -> list[Task]:
+    d = cfg.data
+    arrays = load_pickle(d.pickle) if d.pickle else synthetic(d.synthetic_seed)
+    return make_tasks(*arrays, num_tasks=d.num_tasks, classes_per_task=d.classes_per_task, seed=d.split_seed,
+                      val_size=d.val_size)
+
+
+@torch.no_grad()
+def accuracy(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2000) -> float:
+    method.net.eval()
+    correct = sum((method.logits(x[i:i + batch].to(method.device), task).argmax(1).cpu() == y[i:i + batch]).sum().item()
+                  for i in range(0, len(x), batch))
+    method.net.train()
+    return 100.0 * correct / max(1, len(x))
+
+
+def transfer_metrics(matrix: np.ndarray) -> dict:
+    t = len(matrix)
+    diag = np.diag(matrix[:, :t]) if t else np.zeros(0)
+    last = matrix[-1, :t]
+    out = {"during_accuracy": float(diag.mean()), "final_accuracy": float(last.mean())}
+    if t > 1:
+        out["backward_transfer"] = float(np.mean(last[:-1] - diag[:-1]))
+        out["forgetting"] = float(np.mean(matrix[:-1, :t - 1].max(axis=0) - last[:-1]))
+    else:
+        out["backward_transfer"] = out["forgetting"] = 0.0
+    return out
+
+
+class Runner:
+    def __init__(self, cfg: ContinualConfig, tasks: list[Task] | None = None):
+        if cfg.method not in METHODS:
+            raise ValueError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        self.tasks = tasks if tasks is not None else load_tasks(cfg)
+        self.method = METHODS[cfg.method](cfg, self.device)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.log_rows: list[dict] = []
+
+    def _optimizer(self, task: int) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        return torch.optim.Adam(self.method.param_groups(task), lr=t.lr, betas=(0.9, 0.999), weight_decay=t.weight_decay,
+                                fused=True)
+
+    def _step(self, opt, loss: torch.Tensor, task: int) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.before_update(task)
+        if self.cfg.train.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
+                                           self.cfg.train.clip_grad_norm)
+        opt.step()
+        self.method.after_update(task)
+
+    def train_task(self, t: int, bar: tqdm) -> None:
+        cfg, task, m = self.cfg, self.tasks[t], self.method
+        m.start_task(t, task)
+        opt = self._optimizer(t)
+        best, best_acc = None, -1.0
+        for it in range(cfg.n_iter):
+            idx = torch.randint(len(task.train_x), (cfg.train.batch_size,), generator=self.gen)
+            loss = m.loss(task.train_x[idx].to(self.device), task.train_y[idx].to(self.device), t)
+            self._step(opt, loss, t)
+            bar.update(1)
+            if (it + 1) % 100 == 0:
+                self.log_rows.append({"task": t, "iteration": it + 1, "loss": loss.item()})
+            if cfg.train.use_best_models and (it + 1) % cfg.train.best_every == 0:
+                acc = accuracy(m, task.val_x, task.val_y, t)
+                self.log_rows.append({"task": t, "iteration": it + 1, "val_accuracy": acc})
+                if acc > best_acc:
+                    best, best_acc = m.snapshot(), acc
+        if best is not None:
+            m.restore(best)
+        m.end_task(t, task)
+
+    def train_joint(self, bar: tqdm) -> None:
+        cfg, m = self.cfg, self.method
+        opt = self._optimizer(-1)
+        for it in range(cfg.n_iter * len(self.tasks)):
+            tasks = torch.randint(len(self.tasks), (cfg.train.batch_size,), generator=self.gen)
+            xs, ys = [], []
+            for t in tasks.tolist():
+                i = int(torch.randint(len(self.tasks[t].train_x), (1,), generator=self.gen))
+                xs.append(self.tasks[t].train_x[i])
+                ys.append(self.tasks[t].train_y[i])
+            loss = m.joint_loss(torch.stack(xs).to(self.device), torch.stack(ys).to(self.device), tasks.to(self.device))
+            self._step(opt, loss, -1)
+            bar.update(1)
+            if (it + 1) % 100 == 0:
+                self.log_rows.append({"task": -1, "iteration": it + 1, "loss": loss.item()})
+
+    def run(self) -> dict:
+        cfg, n = self.cfg, len(self.tasks)
+        rows, stopped, started = [], None, time.perf_counter()
+        total = cfg.n_iter * n
+        with tqdm(total=total, desc=cfg.run, unit="it", disable=None, dynamic_ncols=True) as bar:
+            if self.method.joint:
+                self.train_joint(bar)
+                rows.append([accuracy(self.method, t.test_x, t.test_y, t.index) for t in self.tasks])
+            else:
+                for t in range(n):
+                    self.train_task(t, bar)
+                    rows.append([accuracy(self.method, task.test_x, task.test_y, task.index) for task in self.tasks])
+                    log.info("after task %d: during %.2f%%, mean over tasks 0..%d %.2f%%", t, rows[-1][t], t,
+                             np.mean(rows[-1][:t + 1]))
+                    if 0 < cfg.train.during_acc_criterion and rows[-1][t] < cfg.train.during_acc_criterion:
+                        stopped = f"task {t} during accuracy {rows[-1][t]:.2f}% < {cfg.train.during_acc_criterion}%"
+                        log.warning("stopping: %s", stopped)
+                        break
+        matrix = np.array(rows)
+        if self.method.joint:
+            result = {"during_accuracy": float(matrix[0].mean()), "final_accuracy": float(matrix[0].mean()),
+                      "backward_transfer": 0.0, "forgetting": 0.0}
+        else:
+            result = transfer_metrics(matrix)
+        return {"method": cfg.run, "algorithm": cfg.method, "accuracy_matrix": matrix.tolist(), **result,
+                "stopped_early": stopped, "tasks": [t.classes for t in self.tasks], "n_iter": cfg.n_iter,
+                "seconds": round(time.perf_counter() - started, 1), "device": str(self.device),
+                "num_weights": self.method.net.num_weights()}
+
+
+def run_and_save(cfg: ContinualConfig, tasks: list[Task] | None = None) -> Path:
+    """Run, then write the run folder; returns it."""
+    folder = Path(cfg.out) / cfg.run / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(cfg)))
+    runner = Runner(cfg, tasks)
+    summary = runner.run()
+    import pandas as pd
+
+    pd.DataFrame(runner.log_rows).to_csv(folder / "log.csv", index=False)
+    matrix = np.array(summary["accuracy_matrix"])
+    labels = [f"T{j}" for j in range(matrix.shape[1])]
+    heatmap_png(matrix, folder / "accuracy_matrix.png", rows=[f"after T{t}" for t in range(len(matrix))] if
+                not runner.method.joint else ["joint"], cols=labels, fmt="{:.0f}",
+                title=f"{cfg.run}: during {summary['during_accuracy']:.1f}%, final {summary['final_accuracy']:.1f}%",
+                xlabel="tested on task", ylabel="trained through")
+    tmp = folder / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(folder / "summary.json")
+    return folder
