@@ -108,14 +108,14 @@ class Runner:
     def train_joint(self, bar: tqdm) -> None:
         cfg, m = self.cfg, self.method
         opt = self._optimizer(-1)
+        xs = torch.cat([t.train_x for t in self.tasks])
+        ys = torch.cat([t.train_y for t in self.tasks])
+        sizes = torch.tensor([len(t.train_x) for t in self.tasks])
+        starts = torch.cumsum(sizes, 0) - sizes
         for it in range(cfg.n_iter * len(self.tasks)):
             tasks = torch.randint(len(self.tasks), (cfg.train.batch_size,), generator=self.gen)
-            xs, ys = [], []
-            for t in tasks.tolist():
-                i = int(torch.randint(len(self.tasks[t].train_x), (1,), generator=self.gen))
-                xs.append(self.tasks[t].train_x[i])
-                ys.append(self.tasks[t].train_y[i])
-            loss = m.joint_loss(torch.stack(xs).to(self.device), torch.stack(ys).to(self.device), tasks.to(self.device))
+            idx = starts[tasks] + (torch.rand(len(tasks), generator=self.gen) * sizes[tasks]).long()
+            loss = m.joint_loss(xs[idx].to(self.device), ys[idx].to(self.device), tasks.to(self.device))
             self._step(opt, loss, -1)
             bar.update(1)
             if (it + 1) % 100 == 0:
