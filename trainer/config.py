@@ -23,7 +23,7 @@ from .model.passt import MODELS
 from .sit import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-SELECT_METRICS = {"accuracy": max, "macro_accuracy": max, "log_loss": min}
+SELECT_METRICS = {"accuracy": 1.0, "macro_accuracy": 1.0, "log_loss": -1.0}  # +1: higher is better
 
 
 class ConfigError(ValueError):
@@ -152,26 +152,33 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
         layers.append(configs / "demo" / f"{stage}.yaml")
         if not layers[1].is_file():
             raise ConfigError(f"--demo has no settings for stage {stage!r} ({layers[1]})")
+    return merge_layers(Config, layers, {"stage": stage}, overrides, example="train.epochs=5")
+
+
+def merge_layers(schema: type, files: list[Path], fixed: dict, overrides: list[str], *, example: str):
+    """schema defaults <- YAML files <- fixed values <- `key=value` overrides, as a typed object.
+
+    Unknown keys and values of the wrong type become a ConfigError naming the full key."""
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ConfigError(f"overrides must look like key=value (e.g. train.epochs=5), got: {' '.join(bad)}")
+        raise ConfigError(f"overrides must look like key=value (e.g. {example}), got: {' '.join(bad)}")
     try:
-        merged = OmegaConf.structured(Config)
-        for path in layers:
+        merged = OmegaConf.structured(schema)
+        for path in files:
             merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        merged = OmegaConf.merge(merged, {"stage": stage}, OmegaConf.from_dotlist(list(overrides)))
-        return OmegaConf.to_object(merged)
+        return OmegaConf.to_object(OmegaConf.merge(merged, fixed, OmegaConf.from_dotlist(list(overrides))))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         message = str(exc).splitlines()[0]
         raise ConfigError(f"config key {key!r}: {message}" if key else f"config: {message}") from None
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg) -> dict:
+    """Any typed config (stage or continual) as plain containers."""
     return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
-def to_yaml(cfg: Config) -> str:
+def to_yaml(cfg) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 

@@ -220,8 +220,8 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         val = self.evaluate(self.val_loader)
         score = val[cfg.train.select_metric]
-        better = SELECT_METRICS[cfg.train.select_metric]
-        if p.best_score is None or (score is not None and better(score, p.best_score) != p.best_score):
+        sign = SELECT_METRICS[cfg.train.select_metric]
+        if p.best_score is None or (score is not None and sign * (score - p.best_score) > 0):
             p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
             if self.dist.is_main:
                 checkpoint.export_model(self.engine.module, self.run_dir / MODEL, self.classes, to_dict(cfg))

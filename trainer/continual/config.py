@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
-from ..config import ConfigError
+from ..config import ConfigError, merge_layers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "continual"
 
@@ -85,24 +84,16 @@ class ContinualConfig:
 
 def load_continual_config(overrides: list[str], configs: Path = CONFIGS) -> ContinualConfig:
     """`method=<name>` (required) selects configs/continual/<name>.yaml; the other overrides apply on top."""
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"arguments must look like key=value (e.g. method=ewc n_iter=100), got: {' '.join(bad)}")
-    pairs = dict(o.split("=", 1) for o in overrides)
-    if "method" not in pairs:
-        raise ConfigError(f"say which run: method=<name>, one of {', '.join(sorted(p.stem for p in configs.glob('*.yaml')))}")
-    path = configs / f"{pairs['method']}.yaml"
+    if not all("=" in o for o in overrides) or not any(o.startswith("method=") for o in overrides):
+        runs = ", ".join(sorted(p.stem for p in configs.glob("*.yaml")))
+        raise ConfigError(f"arguments must be key=value, starting with method=<run> (one of {runs}); "
+                          f"got: {' '.join(overrides) or 'nothing'}")
+    run = next(o for o in overrides if o.startswith("method=")).split("=", 1)[1]
+    path = configs / f"{run}.yaml"
     if not path.is_file():
-        raise ConfigError(f"method={pairs['method']}: no {path}; runs: "
-                          f"{', '.join(sorted(p.stem for p in configs.glob('*.yaml')))}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ContinualConfig), OmegaConf.load(path),
-                                 {"run": pairs["method"]},
-                                 OmegaConf.from_dotlist([o for o in overrides if not o.startswith("method=")]))
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        raise ConfigError(f"config key {key!r}: {str(exc).splitlines()[0]}" if key else str(exc)) from None
+        raise ConfigError(f"method={run}: no {path}; runs: {', '.join(sorted(p.stem for p in configs.glob('*.yaml')))}")
+    cfg = merge_layers(ContinualConfig, [path], {"run": run}, [o for o in overrides if not o.startswith("method=")],
+                       example="n_iter=100")
     for key, value in (("n_iter", cfg.n_iter), ("train.batch_size", cfg.train.batch_size),
                        ("net.hidden", cfg.net.hidden), ("data.num_tasks", cfg.data.num_tasks)):
         if value < 1:
@@ -110,7 +101,3 @@ def load_continual_config(overrides: list[str], configs: Path = CONFIGS) -> Cont
     if not 0 <= cfg.params.mask_fraction < 1:
         raise ConfigError(f"params.mask_fraction={cfg.params.mask_fraction} must be in [0, 1)")
     return cfg
-
-
-def to_dict(cfg: ContinualConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))

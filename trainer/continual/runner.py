@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from ..distributed import resolve_device
 from ..plots import heatmap_png
-from .config import ContinualConfig, to_dict
+from ..config import to_yaml
+from .config import ContinualConfig
 from .data import Task, load_pickle, make_tasks, synthetic
 from .methods import METHODS, Method
 
@@ -155,11 +156,9 @@ def run_and_save(cfg: ContinualConfig, tasks: list[Task] | None = None) -> Path:
     """Run, then write the run folder; returns it."""
     folder = Path(cfg.out) / cfg.run / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text(OmegaConf.to_yaml(to_dict(cfg)))
+    (folder / "config.yaml").write_text(to_yaml(cfg))
     runner = Runner(cfg, tasks)
     summary = runner.run()
-    import pandas as pd
-
     pd.DataFrame(runner.log_rows).to_csv(folder / "log.csv", index=False)
     matrix = np.array(summary["accuracy_matrix"])
     labels = [f"T{j}" for j in range(matrix.shape[1])]

@@ -31,12 +31,17 @@ class Coresets(Method):
         if self.frozen is None:
             return loss
         temp, per_task = self.cfg.params.distill_temperature, max(1, self.cfg.train.batch_size // len(self.coresets))
+        picks = [inputs[torch.randint(len(inputs), (per_task,), generator=self.gen)] for inputs in self.coresets]
+        batch = torch.cat(picks).to(self.device)
+        tasks = torch.arange(len(picks), device=self.device).repeat_interleave(per_task)
+        with torch.no_grad():
+            frozen = self.frozen(batch, tasks)  # one forward over all old tasks' replay samples
+        current = self.net(batch, tasks)
         distill = torch.zeros((), device=self.device)
-        for old, inputs in enumerate(self.coresets):
-            batch = inputs[torch.randint(len(inputs), (per_task,), generator=self.gen)].to(self.device)
-            with torch.no_grad():
-                target = F.softmax(self.frozen(batch, old)[:, self.head(old)] / temp, dim=1)
-            log_p = F.log_softmax(self.net(batch, old)[:, self.head(old)] / temp, dim=1)
+        for old in range(len(picks)):
+            rows, head = slice(old * per_task, (old + 1) * per_task), self.head(old)
+            target = F.softmax(frozen[rows, head] / temp, dim=1)
+            log_p = F.log_softmax(current[rows, head] / temp, dim=1)
             distill = distill - temp ** 2 * (target * log_p).sum(1).mean()
         return loss + self.cfg.params.replay_distill_reg * distill
 

@@ -44,26 +44,36 @@ class PathIntegral:
 
 
 class SI(Method):
+    """With params.si_lambda = 0 the penalty is off and no path integral is kept (plain fine-tuning)."""
+
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
+        self.active = cfg.params.si_lambda > 0
         self.si = PathIntegral(list(self.net.parameters()), cfg.params.si_xi)
         self._task_grads = None
 
     def start_task(self, task: int, data: Task) -> None:
-        self.si.start_task()
+        if self.active:
+            self.si.start_task()
 
     def loss(self, x, y, task):
+        if not self.active:
+            return super().loss(x, y, task)
         task_loss = self.task_loss(x, y, task)
         if self.cfg.params.si_task_loss_only:
             self._task_grads = torch.autograd.grad(task_loss, self.si.params, retain_graph=True, allow_unused=True)
         return task_loss + self.regulariser(task) + self.cfg.params.si_lambda * self.si.penalty()
 
     def before_update(self, task: int) -> None:
+        if not self.active:
+            return
         grads = self._task_grads if self.cfg.params.si_task_loss_only else [p.grad for p in self.si.params]
         self.si.before_update([torch.zeros_like(p) if g is None else g for p, g in zip(self.si.params, grads)])
 
     def after_update(self, task: int) -> None:
-        self.si.after_update()
+        if self.active:
+            self.si.after_update()
 
     def end_task(self, task: int, data: Task) -> None:
-        self.si.end_task()
+        if self.active:
+            self.si.end_task()
