@@ -1,18 +1,23 @@
 """Every Split AudioSet run of configs/continual/ side by side with the published numbers (Markdown + PNG).
 
-    python benchmarks/continual_table.py                                  # published iteration counts
-    python benchmarks/continual_table.py --n-iter-scale 0.02 --out benchmarks/results/continual.md
+    python benchmarks/continual_table.py --out benchmarks/results/continual.md          # all runs, published n_iter
+    python benchmarks/continual_table.py --runs ewc si --out benchmarks/results/continual.md
+    python benchmarks/continual_table.py --table-only --out benchmarks/results/continual.md
 
-Each run uses its YAML (the published hyperparameters) on the synthetic stand-in unless --pickle names
-the real data; --n-iter-scale shortens every run by the same factor.  The table reports during / final
-accuracy, backward transfer, wall time and ms per iteration, and the time a full run at the published
-iteration count takes at that rate.
+Each run goes through the user's command, `python launch/continual.py method=<run>`, in a fresh process
+(its YAML: the published hyperparameters, on the synthetic stand-in unless --pickle names the real data),
+timed from process start to exit.  Its record (summary, wall time, machine, date) is kept in
+--records/<run>.json, so runs can be measured one session at a time; the table is rendered from every
+record there, in the published table's order.  --n-iter-scale shortens the runs by one factor.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +26,9 @@ import torch
 from tabulate import tabulate
 
 from machine import device_name
-from trainer.continual.config import CONFIGS, load_continual_config
-from trainer.continual.runner import Runner, load_tasks
+from trainer.continual.config import load_continual_config
 
+REPO = Path(__file__).resolve().parents[1]
 # reference/continual.md: during / final accuracy (%) of the published runs (None: not reported).
 PUBLISHED = {
     "multitask": (None, 77.0), "from_scratch": (79.0, 79.0), "finetune": (72.0, 51.0), "hnet": (None, 72.65),
@@ -36,43 +41,71 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def measure(run: str, n_iter: int, pickle: str | None) -> dict:
+    """One run through launch/continual.py in its own process; its summary plus the wall time."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(REPO / "launch" / "continual.py"), f"method={run}", f"n_iter={n_iter}",
+                   f"out={out}", "name=bench", *([f"data.pickle={pickle}"] if pickle else [])]
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        summary = json.loads((Path(out) / run / "bench" / "summary.json").read_text())
+    return {**summary, "wall_seconds": round(wall, 1), "command": f"python launch/continual.py method={run} n_iter={n_iter}",
+            "machine": device_name(torch.device("cpu")) if summary["device"] == "cpu" else summary["device"],
+            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in"}
+
+
+def render(records: list[dict], out: Path | None) -> str:
+    rows = []
+    for r in records:
+        published_iter = load_continual_config([f"method={r['method']}"]).n_iter
+        iterations = r["n_iter"] * (len(r["accuracy_matrix"]) if r["algorithm"] != "multitask" else len(r["tasks"]))
+        during, final = PUBLISHED[r["method"]]
+        rows.append([r["method"], r["n_iter"], published_iter, f"{r['during_accuracy']:.1f}",
+                     f"{r['final_accuracy']:.1f}", fmt(during), fmt(final), f"{r['backward_transfer']:.1f}",
+                     f"{r['wall_seconds'] / 60:.1f}", f"{1e3 * r['seconds'] / iterations:.2f}",
+                     r["stopped_early"] or ""])
+    headers = ["run", "n_iter/task", "published n_iter", "during %", "final %", "published during",
+               "published final", "BWT", "wall min", "ms/iter", "stopped early"]
+    machines = sorted({f"{r['machine']}, torch {r['torch']}" for r in records})
+    dates = sorted({r["date"] for r in records})
+    text = (f"## Split AudioSet, 10 tasks x 10 classes, on {'; '.join(machines)}\n\n"
+            f"Measured {', '.join(dates)} on {', '.join(sorted({r['data'] for r in records}))}: each row is "
+            f"`python launch/continual.py method=<run> n_iter=<n_iter/task>` in its own process, timed from start "
+            f"to exit (`python benchmarks/continual_table.py`).\n\n{tabulate(rows, headers=headers, tablefmt='github')}\n")
+    if out:
+        out.write_text(text)
+        plot([(r["method"], r["during_accuracy"], r["final_accuracy"], PUBLISHED[r["method"]][1]) for r in records],
+             out.with_suffix(".png"))
+    return text
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=list(PUBLISHED))
+    p.add_argument("--runs", nargs="+", default=list(PUBLISHED), choices=list(PUBLISHED))
     p.add_argument("--n-iter-scale", type=float, default=1.0)
     p.add_argument("--pickle", help="the published audioset_data_balanced.pickle (default: synthetic stand-in)")
+    p.add_argument("--records", type=Path, default=REPO / "benchmarks" / "results" / "continual",
+                   help="folder of one <run>.json per measured run (the table's source)")
+    p.add_argument("--table-only", action="store_true", help="render the table from --records without running")
     p.add_argument("--out", type=Path, help="Markdown file; the PNG goes beside it")
     args = p.parse_args()
-    extra = [f"data.pickle={args.pickle}"] if args.pickle else []
-    tasks = load_tasks(load_continual_config(["method=finetune", *extra]))
-    rows, plotted = [], []
-    for run in args.runs:
-        published_iter = load_continual_config([f"method={run}"]).n_iter
-        n_iter = max(1, round(published_iter * args.n_iter_scale))
-        cfg = load_continual_config([f"method={run}", f"n_iter={n_iter}", *extra])
-        started = time.perf_counter()
-        result = Runner(cfg, tasks).run()
-        seconds = time.perf_counter() - started
-        iterations = n_iter * cfg.data.num_tasks
-        per_iter = 1e3 * seconds / iterations
-        during, final = PUBLISHED[run]
-        rows.append([run, n_iter, f"{result['during_accuracy']:.1f}", f"{result['final_accuracy']:.1f}", fmt(during),
-                     fmt(final), f"{result['backward_transfer']:.1f}", f"{seconds:.0f}", f"{per_iter:.2f}",
-                     f"{per_iter * published_iter * cfg.data.num_tasks / 60e3:.1f}",
-                     result["stopped_early"] or ""])
-        plotted.append((run, result["during_accuracy"], result["final_accuracy"], final))
-        print(rows[-1], flush=True)
-    headers = ["run", "n_iter/task", "during %", "final %", "published during", "published final", "BWT",
-               "seconds", "ms/iter", "est. min at published n_iter", "stopped early"]
-    table = tabulate(rows, headers=headers, tablefmt="github")
-    data = args.pickle or "the synthetic stand-in"
-    text = (f"## Split AudioSet, 10 tasks x 10 classes, on {device_name(torch.device('cpu'))}\n\n"
-            f"Measured {datetime.date.today()}, torch {torch.__version__}, with `python benchmarks/continual_table.py "
-            f"{' '.join(sys.argv[1:])}` on {data}.\n\n{table}\n")
-    print(text)
-    if args.out:
-        args.out.write_text(text)
-        plot(plotted, args.out.with_suffix(".png"))
+    args.records.mkdir(parents=True, exist_ok=True)
+    for run in [] if args.table_only else args.runs:
+        n_iter = max(1, round(load_continual_config([f"method={run}"]).n_iter * args.n_iter_scale))
+        record = measure(run, n_iter, args.pickle)
+        tmp = args.records / f".{run}.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(args.records / f"{run}.json")
+        print(f"{run}: n_iter {n_iter}, {record['wall_seconds'] / 60:.1f} min, during {record['during_accuracy']:.1f}%, "
+              f"final {record['final_accuracy']:.1f}%", flush=True)
+    records = [json.loads((args.records / f"{run}.json").read_text()) for run in PUBLISHED
+               if (args.records / f"{run}.json").is_file()]
+    if not records:
+        raise SystemExit(f"no records in {args.records}: run without --table-only first")
+    print(render(records, args.out))
 
 
 def plot(results, path: Path) -> None:

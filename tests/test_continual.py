@@ -14,6 +14,7 @@ from trainer.continual.config import load_continual_config
 from trainer.continual.data import DataError, load_pickle, make_tasks, synthetic
 from trainer.continual.methods import METHODS
 from trainer.continual.methods import ewc as ewc_module
+from trainer.continual.methods.quadratic import QuadraticPenalty
 from trainer.continual.methods.si import PathIntegral
 from trainer.continual.nets import MainNet, lstm_explicit
 from trainer.continual.runner import Runner, transfer_metrics
@@ -159,7 +160,86 @@ def test_si_importance_matches_a_hand_computed_quadratic():
     si.end_task()
     omega = sum((values[k + 1] - values[k]) * -(a * values[k]) for k in range(5))
     assert si.importance[0].item() == pytest.approx(omega / ((values[-1] - theta0) ** 2 + xi), rel=1e-5)
-    assert si.omega[0].item() == 0.0 and si.prev[0].item() == pytest.approx(values[-1])
+    assert si.omega[0].item() == 0.0
+
+
+def test_quadratic_penalty_value_and_gradient_equal_autograd():
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    penalty = QuadraticPenalty(params)
+    weights = [torch.rand(5, 3), torch.rand(7)]
+    penalty.set(weights)
+    anchor = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p))
+    value = penalty.evaluate(0.7)
+    penalty.add_gradient()
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    expected = 0.7 * sum((w * (r - a) ** 2).sum() for w, r, a in zip(weights, reference, anchor))
+    expected.backward()
+    torch.testing.assert_close(value, expected.detach())
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+def test_si_path_integral_sees_the_task_gradient_and_the_update_the_whole_loss(five_tasks):
+    cfg = load_continual_config(["method=si", "data.num_tasks=5", "net.orthogonal_reg=0.1", "params.si_lambda=5"])
+    method = METHODS["si"](cfg, torch.device("cpu"))
+    first, second = five_tasks[0], five_tasks[1]
+    method.start_task(0, first)
+    method.si.omega = [torch.rand_like(w) for w in method.si.omega]  # as if task 0 had been trained
+    with torch.no_grad():
+        for p in method.net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    method.end_task(0, first)
+    with torch.no_grad():
+        for p in method.net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    method.start_task(1, second)
+    x, y = second.train_x[:32], second.train_y[:32]
+    params = list(method.net.parameters())
+    task_grads = torch.autograd.grad(method.task_loss(x, y, 1), params)
+    total = method.task_loss(x, y, 1) + method.regulariser(1) + 5 * sum(
+        (imp * (p - a) ** 2).sum() for imp, p, a in zip(method.si.importance, params, method.penalty.anchor))
+    total_grads = torch.autograd.grad(total, params)
+    method.loss(x, y, 1).backward()
+    method.before_update(1)
+    for recorded, task_g, p, total_g in zip(method.si._grads, task_grads, params, total_grads):
+        torch.testing.assert_close(-recorded, task_g, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad, total_g, rtol=1e-4, atol=1e-6)
+
+
+def test_coresets_distillation_equals_a_loop_over_old_tasks_with_a_frozen_copy(five_tasks):
+    import copy
+
+    cfg = load_continual_config(["method=coresets", "data.num_tasks=5", "params.coreset_size=20"])
+    method = METHODS["coresets"](cfg, torch.device("cpu"))
+    for t in range(3):
+        method.start_task(t, five_tasks[t])
+        with torch.no_grad():
+            for p in method.net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        method.end_task(t, five_tasks[t])
+    method.start_task(3, five_tasks[3])
+    frozen = copy.deepcopy(method.net)
+    with torch.no_grad():  # the current network has moved away from the teacher
+        for p in method.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = five_tasks[3].train_x[:64], five_tasks[3].train_y[:64]
+    state = method.gen.get_state()
+    loss = method.loss(x, y, 3)
+    method.gen.set_state(state)
+    idx, per_task = method.replay_indices()
+    assert per_task == 64 // 3 and len(idx) == 3 * per_task
+    temp, expected = 2.0, F.cross_entropy(method.net(x, 3)[:, 30:40], y)
+    for old in range(3):
+        inputs = method.store[idx[old * per_task:(old + 1) * per_task]]
+        assert bool(((idx[old * per_task:(old + 1) * per_task] // 20) == old).all())  # drawn from its own coreset
+        target = F.softmax(frozen(inputs, old)[:, 10 * old:10 * old + 10] / temp, dim=1)
+        log_p = F.log_softmax(method.net(inputs, old)[:, 10 * old:10 * old + 10] / temp, dim=1)
+        expected = expected - 10.0 * temp ** 2 * (target * log_p).sum(1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_transfer_metrics_by_hand():

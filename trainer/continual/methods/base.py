@@ -63,6 +63,13 @@ class Method:
     def head(self, task: int) -> slice:
         return head_slice(task, self.k, self.cfg.net.multi_head)
 
+    def per_sample_heads(self, outputs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """[B, outputs] -> [B, k]: each row's own task head (a batch that mixes tasks)."""
+        columns = torch.arange(self.k, device=outputs.device).expand(len(tasks), -1)
+        if self.cfg.net.multi_head:
+            columns = columns + tasks[:, None] * self.k
+        return outputs.gather(1, columns)
+
     def outputs(self, x: torch.Tensor, task: int) -> torch.Tensor:
         return self.net(x, task)
 

@@ -1,13 +1,11 @@
 """Coresets with distillation: replay stored inputs of old tasks against a frozen copy's soft targets.
 
 After each task `coreset_size` random train inputs are kept.  While training task t > 0, a replay batch
-of `batch_size` inputs split over the old tasks is added; the targets are the old heads' outputs of a copy
-of the network frozen at the start of task t; loss -T^2 sum softmax(z_old / T) log softmax(z / T) per old
+of `batch_size` inputs split over the old tasks is added; the targets are the old heads' outputs of the
+network as it was at the start of task t; loss -T^2 sum softmax(z_old / T) log softmax(z / T) per old
 task (mean over its samples), summed over old tasks, times replay_distill_reg.
 """
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -20,31 +18,47 @@ class Coresets(Method):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         self.coresets: list[torch.Tensor] = []
-        self.frozen = None
+        self.store: torch.Tensor | None = None  # the coresets concatenated, task after task
+        self.store_tasks: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None  # soft targets of every stored input, fixed during a task
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 2)
 
     def start_task(self, task: int, data: Task) -> None:
-        self.frozen = copy.deepcopy(self.net).eval().requires_grad_(False) if self.coresets else None
+        """The network as it is now is the frozen teacher of this task: its soft targets for the fixed coreset
+        inputs are computed once here instead of by a frozen copy at every iteration."""
+        if self.store is None:
+            return
+        temp = self.cfg.params.distill_temperature
+        with torch.no_grad():
+            self.net.eval()
+            logits = torch.cat([self.net(self.store[i:i + 2000], self.store_tasks[i:i + 2000])
+                                for i in range(0, len(self.store), 2000)])
+            self.net.train()
+            self.targets = F.softmax(self.per_sample_heads(logits, self.store_tasks) / temp, dim=1)
+
+    def replay_indices(self) -> tuple[torch.Tensor, int]:
+        """batch_size // (old tasks) random stored inputs of each old task (indices into the store)."""
+        sizes = torch.tensor([len(c) for c in self.coresets])
+        per_task = max(1, self.cfg.train.batch_size // len(sizes))
+        tasks = torch.arange(len(sizes)).repeat_interleave(per_task)
+        starts = torch.cumsum(sizes, 0) - sizes
+        return starts[tasks] + (torch.rand(len(tasks), generator=self.gen) * sizes[tasks]).long(), per_task
 
     def loss(self, x, y, task):
-        loss = super().loss(x, y, task)
-        if self.frozen is None:
-            return loss
-        temp, per_task = self.cfg.params.distill_temperature, max(1, self.cfg.train.batch_size // len(self.coresets))
-        picks = [inputs[torch.randint(len(inputs), (per_task,), generator=self.gen)] for inputs in self.coresets]
-        batch = torch.cat(picks).to(self.device)
-        tasks = torch.arange(len(picks), device=self.device).repeat_interleave(per_task)
-        with torch.no_grad():
-            frozen = self.frozen(batch, tasks)  # one forward over all old tasks' replay samples
-        current = self.net(batch, tasks)
-        distill = torch.zeros((), device=self.device)
-        for old in range(len(picks)):
-            rows, head = slice(old * per_task, (old + 1) * per_task), self.head(old)
-            target = F.softmax(frozen[rows, head] / temp, dim=1)
-            log_p = F.log_softmax(current[rows, head] / temp, dim=1)
-            distill = distill - temp ** 2 * (target * log_p).sum(1).mean()
+        if self.store is None:
+            return super().loss(x, y, task)
+        idx, per_task = self.replay_indices()
+        old, temp = self.store_tasks[idx], self.cfg.params.distill_temperature
+        # the new task's batch and the replay go through the network in one forward
+        out = self.net(torch.cat([x, self.store[idx]]), torch.cat([torch.full((len(x),), task, device=self.device), old]))
+        loss = F.cross_entropy(out[:len(x), self.head(task)], y) + self.regulariser(task)
+        log_p = F.log_softmax(self.per_sample_heads(out[len(x):], old) / temp, dim=1)
+        distill = -temp ** 2 * (self.targets[idx] * log_p).sum() / per_task  # mean per old task, summed over them
         return loss + self.cfg.params.replay_distill_reg * distill
 
     def end_task(self, task: int, data: Task) -> None:
         size = min(self.cfg.params.coreset_size, len(data.train_x))
         self.coresets.append(data.train_x[torch.randperm(len(data.train_x), generator=self.gen)[:size]].clone())
+        self.store = torch.cat(self.coresets).to(self.device)
+        self.store_tasks = torch.arange(len(self.coresets)).repeat_interleave(
+            torch.tensor([len(c) for c in self.coresets])).to(self.device)

@@ -2,7 +2,8 @@
 
 After task t: F_t = mean over the task's train samples of the squared per-sample gradient of the true-label
 NLL on the task's own head (vectorised with torch.func.vmap over the explicit LSTM), then
-F <- F_t + gamma F (gamma applied once per task) and theta* <- theta.  Penalty: (lambda / 2) sum F (theta - theta*)^2.
+F <- F_t + gamma F (gamma applied once per task) and theta* <- theta.  Penalty: (lambda / 2) sum F (theta - theta*)^2,
+with its gradient in closed form (`QuadraticPenalty`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch.func import grad, vmap
 from ..data import Task
 from ..nets import lstm_explicit
 from .base import Method
+from .quadratic import QuadraticPenalty
 
 
 def empirical_fisher(net, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, task: int, head: slice,
@@ -36,18 +38,20 @@ class OnlineEWC(Method):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
         self.fisher: dict[str, torch.Tensor] | None = None
-        self.anchor: dict[str, torch.Tensor] | None = None
+        self.penalty = QuadraticPenalty(list(self.named_weights().values()))
 
-    def regulariser(self, task: int) -> torch.Tensor:
-        reg = super().regulariser(task)
-        if self.fisher is None:
-            return reg
-        penalty = sum((self.fisher[k] * (p - self.anchor[k]) ** 2).sum() for k, p in self.named_weights().items())
-        return reg + 0.5 * self.cfg.params.ewc_lambda * penalty
+    def loss(self, x, y, task):
+        loss = super().loss(x, y, task)
+        if not self.penalty.active:
+            return loss
+        return loss + self.penalty.evaluate(0.5 * self.cfg.params.ewc_lambda)  # its gradient: before_update
+
+    def before_update(self, task: int) -> None:
+        self.penalty.add_gradient()
 
     def end_task(self, task: int, data: Task) -> None:
         x, y = data.train_x.to(self.device), data.train_y.to(self.device)
         new = empirical_fisher(self.net, self.named_weights(), x, y, task, self.head(task))
         gamma = self.cfg.params.ewc_gamma
         self.fisher = new if self.fisher is None else {k: new[k] + gamma * self.fisher[k] for k in new}
-        self.anchor = {k: p.detach().clone() for k, p in self.named_weights().items()}
+        self.penalty.set([self.fisher[k] for k in self.named_weights()])  # anchor theta* <- theta

@@ -34,10 +34,7 @@ class Multitask(Method):
     joint = True
 
     def joint_loss(self, x: torch.Tensor, y: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        out = self.net(x, tasks)
-        columns = tasks[:, None] * self.k + torch.arange(self.k, device=x.device) if self.cfg.net.multi_head \
-            else torch.arange(self.k, device=x.device).expand(len(tasks), -1)
-        return F.cross_entropy(out.gather(1, columns), y) + self.regulariser(-1)
+        return F.cross_entropy(self.per_sample_heads(self.net(x, tasks), tasks), y) + self.regulariser(-1)
 
 
 class SlowLearner(Method):
