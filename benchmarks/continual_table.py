@@ -54,7 +54,9 @@ def measure(run: str, n_iter: int, pickle: str | None) -> dict:
         summary = json.loads((Path(out) / run / "bench" / "summary.json").read_text())
     return {**summary, "wall_seconds": round(wall, 1), "command": f"python launch/continual.py method={run} n_iter={n_iter}",
             "machine": device_name(torch.device("cpu")) if summary["device"] == "cpu" else summary["device"],
-            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in"}
+            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in",
+            "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                                     text=True).stdout.strip()}
 
 
 def render(records: list[dict], out: Path | None) -> str:

@@ -123,6 +123,15 @@ class Runner:
                 self.log_rows.append({"task": -1, "iteration": it + 1, "loss": loss.item()})
 
     def run(self) -> dict:
+        # The raw codes (0..255) saturate the LSTM's gates, and the backward pass then fills with denormal floats
+        # that x86 CPUs process ~100x slower; flushing them to zero makes a long CPU run ~1.5x faster.
+        torch.set_flush_denormal(self.cfg.train.flush_denormals)
+        try:
+            return self._run()
+        finally:
+            torch.set_flush_denormal(False)  # torch's default: the setting is process-wide
+
+    def _run(self) -> dict:
         cfg, n = self.cfg, len(self.tasks)
         rows, stopped, started = [], None, time.perf_counter()
         total = cfg.n_iter * n
