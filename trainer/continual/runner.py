@@ -62,6 +62,10 @@ class Runner:
         if cfg.method not in METHODS:
             raise ValueError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
         self.cfg = cfg
+        # The raw codes (0..255) saturate the LSTM's gates, so the backward pass produces denormal floats, which x86
+        # CPUs process on a slow path; they are flushed to zero.  The flag is per thread and torch's worker threads
+        # copy it when they start, so it is set before this process's first tensor work.
+        torch.set_flush_denormal(cfg.train.flush_denormals)
         self.device = resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
@@ -123,15 +127,6 @@ class Runner:
                 self.log_rows.append({"task": -1, "iteration": it + 1, "loss": loss.item()})
 
     def run(self) -> dict:
-        # The raw codes (0..255) saturate the LSTM's gates, and the backward pass then fills with denormal floats
-        # that x86 CPUs process ~100x slower; flushing them to zero makes a long CPU run ~1.5x faster.
-        torch.set_flush_denormal(self.cfg.train.flush_denormals)
-        try:
-            return self._run()
-        finally:
-            torch.set_flush_denormal(False)  # torch's default: the setting is process-wide
-
-    def _run(self) -> dict:
         cfg, n = self.cfg, len(self.tasks)
         rows, stopped, started = [], None, time.perf_counter()
         total = cfg.n_iter * n
