@@ -94,8 +94,8 @@ class Runner:
         m.start_task(t, task)
         opt = self._optimizer(t)
         best, best_acc = None, -1.0
-        for it in range(cfg.n_iter):
-            idx = torch.randint(len(task.train_x), (cfg.train.batch_size,), generator=self.gen)
+        batches = torch.randint(len(task.train_x), (cfg.n_iter, cfg.train.batch_size), generator=self.gen)
+        for it, idx in enumerate(batches):
             loss = m.loss(task.train_x[idx].to(self.device), task.train_y[idx].to(self.device), t)
             self._step(opt, loss, t)
             bar.update(1)
