@@ -1,4 +1,4 @@
-"""Coresets with distillation: replay stored inputs of old tasks against a frozen copy's soft targets.
+"""Coresets with distillation: replay stored inputs of old tasks against the soft targets of a frozen teacher.
 
 After each task `coreset_size` random train inputs are kept.  While training task t > 0, a replay batch
 of `batch_size` inputs split over the old tasks is added; the targets are the old heads' outputs of the
@@ -17,9 +17,12 @@ from .base import Method
 class Coresets(Method):
     def __init__(self, cfg, device):
         super().__init__(cfg, device)
-        self.coresets: list[torch.Tensor] = []
         self.store: torch.Tensor | None = None  # the coresets concatenated, task after task
         self.store_tasks: torch.Tensor | None = None
+        self.sizes: list[int] = []  # inputs kept per old task
+        self.per_task = 0  # replay inputs per old task in a batch
+        self._first: torch.Tensor | None = None  # per replay slot: its old task's first store index ...
+        self._span: torch.Tensor | None = None  # ... and coreset size
         self.targets: torch.Tensor | None = None  # soft targets of every stored input, fixed during a task
         self.gen = torch.Generator().manual_seed(cfg.train.seed + 2)
 
@@ -38,11 +41,7 @@ class Coresets(Method):
 
     def replay_indices(self) -> tuple[torch.Tensor, int]:
         """batch_size // (old tasks) random stored inputs of each old task (indices into the store)."""
-        sizes = torch.tensor([len(c) for c in self.coresets])
-        per_task = max(1, self.cfg.train.batch_size // len(sizes))
-        tasks = torch.arange(len(sizes)).repeat_interleave(per_task)
-        starts = torch.cumsum(sizes, 0) - sizes
-        return starts[tasks] + (torch.rand(len(tasks), generator=self.gen) * sizes[tasks]).long(), per_task
+        return self._first + (torch.rand(len(self._first), generator=self.gen) * self._span).long(), self.per_task
 
     def loss(self, x, y, task):
         if self.store is None:
@@ -58,7 +57,12 @@ class Coresets(Method):
 
     def end_task(self, task: int, data: Task) -> None:
         size = min(self.cfg.params.coreset_size, len(data.train_x))
-        self.coresets.append(data.train_x[torch.randperm(len(data.train_x), generator=self.gen)[:size]].clone())
-        self.store = torch.cat(self.coresets).to(self.device)
-        self.store_tasks = torch.arange(len(self.coresets)).repeat_interleave(
-            torch.tensor([len(c) for c in self.coresets])).to(self.device)
+        kept = data.train_x[torch.randperm(len(data.train_x), generator=self.gen)[:size]].to(self.device)
+        self.store = kept if self.store is None else torch.cat([self.store, kept])
+        self.sizes.append(size)
+        sizes = torch.tensor(self.sizes)
+        self.store_tasks = torch.arange(len(sizes)).repeat_interleave(sizes).to(self.device)
+        # the replay batch's layout is fixed until the next task: per_task slots for each old task
+        self.per_task = max(1, self.cfg.train.batch_size // len(sizes))
+        slots = torch.arange(len(sizes)).repeat_interleave(self.per_task)
+        self._first, self._span = (torch.cumsum(sizes, 0) - sizes)[slots], sizes[slots]
