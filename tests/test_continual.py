@@ -183,6 +183,29 @@ def test_quadratic_penalty_value_and_gradient_equal_autograd():
         torch.testing.assert_close(p.grad, r.grad)
 
 
+def _orthogonality(w_hh: torch.Tensor) -> torch.Tensor:
+    return sum(((block @ block.T - torch.eye(block.shape[0])) ** 2).sum() for block in w_hh.chunk(4, 0))
+
+
+def test_orthogonal_regulariser_gradient_in_closed_form_equals_autograd(five_tasks):
+    cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "net.orthogonal_reg=0.3"])
+    method = METHODS["finetune"](cfg, torch.device("cpu"))
+    with torch.no_grad():  # away from the init, so that the penalty and its gradient are far from 0
+        method.net.lstm.weight_hh_l0.add_(0.2 * torch.randn_like(method.net.lstm.weight_hh_l0))
+    x, y = five_tasks[2].train_x[:32], five_tasks[2].train_y[:32]
+    params = list(method.net.parameters())
+    expected = method.task_loss(x, y, 2) + 0.3 * _orthogonality(method.net.lstm.weight_hh_l0)
+    expected_grads = torch.autograd.grad(expected, params)
+    loss = method.loss(x, y, 2)
+    loss.backward()
+    method.before_update(2)
+    torch.testing.assert_close(loss, expected.detach())
+    for p, g in zip(params, expected_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+    task_only = torch.autograd.grad(method.task_loss(x, y, 2), method.net.lstm.weight_hh_l0)[0]
+    assert (method.net.lstm.weight_hh_l0.grad - task_only).abs().max() > 0.1  # the regulariser's share is not lost
+
+
 def test_si_path_integral_sees_the_task_gradient_and_the_update_the_whole_loss(five_tasks):
     cfg = load_continual_config(["method=si", "data.num_tasks=5", "net.orthogonal_reg=0.1", "params.si_lambda=5"])
     method = METHODS["si"](cfg, torch.device("cpu"))
@@ -200,7 +223,7 @@ def test_si_path_integral_sees_the_task_gradient_and_the_update_the_whole_loss(f
     x, y = second.train_x[:32], second.train_y[:32]
     params = list(method.net.parameters())
     task_grads = torch.autograd.grad(method.task_loss(x, y, 1), params)
-    total = method.task_loss(x, y, 1) + method.regulariser(1) + 5 * sum(
+    total = method.task_loss(x, y, 1) + 0.1 * _orthogonality(method.net.lstm.weight_hh_l0) + 5 * sum(
         (imp * (p - a) ** 2).sum() for imp, p, a in zip(method.si.importance, params, method.penalty.anchor))
     total_grads = torch.autograd.grad(total, params)
     method.loss(x, y, 1).backward()

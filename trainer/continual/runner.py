@@ -89,6 +89,10 @@ class Runner:
         opt.step()
         self.method.after_update(task)
 
+    def _rows(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's inputs and labels on the device (index_select: ~4x faster than x[idx] on a CPU)."""
+        return x.index_select(0, idx).to(self.device), y.index_select(0, idx).to(self.device)
+
     def train_task(self, t: int, bar: tqdm) -> None:
         cfg, task, m = self.cfg, self.tasks[t], self.method
         m.start_task(t, task)
@@ -96,7 +100,7 @@ class Runner:
         best, best_acc = None, -1.0
         batches = torch.randint(len(task.train_x), (cfg.n_iter, cfg.train.batch_size), generator=self.gen)
         for it, idx in enumerate(batches):
-            loss = m.loss(task.train_x[idx].to(self.device), task.train_y[idx].to(self.device), t)
+            loss = m.loss(*self._rows(task.train_x, task.train_y, idx), t)
             self._step(opt, loss, t)
             bar.update(1)
             if (it + 1) % 100 == 0:
@@ -117,14 +121,17 @@ class Runner:
         ys = torch.cat([t.train_y for t in self.tasks])
         sizes = torch.tensor([len(t.train_x) for t in self.tasks])
         starts = torch.cumsum(sizes, 0) - sizes
-        for it in range(cfg.n_iter * len(self.tasks)):
-            tasks = torch.randint(len(self.tasks), (cfg.train.batch_size,), generator=self.gen)
-            idx = starts[tasks] + (torch.rand(len(tasks), generator=self.gen) * sizes[tasks]).long()
-            loss = m.joint_loss(xs[idx].to(self.device), ys[idx].to(self.device), tasks.to(self.device))
-            self._step(opt, loss, -1)
-            bar.update(1)
-            if (it + 1) % 100 == 0:
-                self.log_rows.append({"task": -1, "iteration": it + 1, "loss": loss.item()})
+        total, block, b = cfg.n_iter * len(self.tasks), 1000, cfg.train.batch_size
+        for first in range(0, total, block):  # samples drawn for `block` iterations at a time: fewer small calls
+            n = min(block, total - first)
+            tasks = torch.randint(len(self.tasks), (n, b), generator=self.gen)
+            rows = starts[tasks] + (torch.rand(n, b, generator=self.gen) * sizes[tasks]).long()
+            for it, (task, idx) in enumerate(zip(tasks, rows), start=first):
+                loss = m.joint_loss(*self._rows(xs, ys, idx), task.to(self.device))
+                self._step(opt, loss, -1)
+                bar.update(1)
+                if (it + 1) % 100 == 0:
+                    self.log_rows.append({"task": -1, "iteration": it + 1, "loss": loss.item()})
 
     def run(self) -> dict:
         cfg, n = self.cfg, len(self.tasks)

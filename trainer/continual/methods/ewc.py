@@ -47,6 +47,7 @@ class OnlineEWC(Method):
         return loss + self.penalty.evaluate(0.5 * self.cfg.params.ewc_lambda)  # its gradient: before_update
 
     def before_update(self, task: int) -> None:
+        super().before_update(task)
         self.penalty.add_gradient()
 
     def end_task(self, task: int, data: Task) -> None:

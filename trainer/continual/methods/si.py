@@ -3,7 +3,8 @@
 Each step: omega += (theta_after - theta_before) * (-g), g the gradient of the task loss alone (or of the
 whole loss).  At task end: Omega += max(0, omega / ((theta_end - theta_start)^2 + xi)), omega <- 0,
 theta_prev <- theta_end.  Penalty: lambda sum Omega (theta - theta_prev)^2, its gradient in closed form
-(`QuadraticPenalty`), added after the backward pass so that .grad first holds the task loss's alone.
+(`QuadraticPenalty`), added after the backward pass (as the orthogonal regulariser's is), so that .grad
+first holds the task loss's alone.
 """
 from __future__ import annotations
 
@@ -48,34 +49,29 @@ class SI(Method):
         self.active = cfg.params.si_lambda > 0
         self.si = PathIntegral(list(self.net.parameters()), cfg.params.si_xi)
         self.penalty = QuadraticPenalty(self.si.params)  # theta_prev: the weights at the end of the last task
-        self._reg_grads = None
 
     def start_task(self, task: int, data: Task) -> None:
         if self.active:
             self.si.start_task()
 
     def loss(self, x, y, task):
-        if not self.active:
-            return super().loss(x, y, task)
-        reg = self.regulariser(task)
-        if self.cfg.params.si_task_loss_only and reg.requires_grad:  # kept out of the path integral's gradient
-            self._reg_grads = torch.autograd.grad(reg, self.si.params, retain_graph=True, allow_unused=True)
-        loss = self.task_loss(x, y, task) + reg
-        return loss + self.penalty.evaluate(self.cfg.params.si_lambda) if self.penalty.active else loss
+        loss = super().loss(x, y, task)  # autograd reaches the task loss only: the rest is added in before_update
+        return loss + self.penalty.evaluate(self.cfg.params.si_lambda) if self.active and self.penalty.active else loss
 
     def before_update(self, task: int) -> None:
-        """.grad holds the task loss's (+ the regulariser's) gradient here; the SI penalty's is added now."""
+        """.grad holds the task loss's gradient here; the regulariser's and the SI penalty's are added now, after
+        the path integral has read it (or before, with params.si_task_loss_only false)."""
         if not self.active:
-            return
-        if not self.cfg.params.si_task_loss_only:
-            self.penalty.add_gradient()
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.si.params]
-        if self._reg_grads is not None:
-            grads = [g if r is None else g - r for g, r in zip(grads, self._reg_grads)]
-            self._reg_grads = None
-        self.si.before_update(grads)
+            return super().before_update(task)
         if self.cfg.params.si_task_loss_only:
-            self.penalty.add_gradient()
+            self.si.before_update(self._grads())
+        super().before_update(task)
+        self.penalty.add_gradient()
+        if not self.cfg.params.si_task_loss_only:
+            self.si.before_update(self._grads())
+
+    def _grads(self) -> list[torch.Tensor]:
+        return [torch.zeros_like(p) if p.grad is None else p.grad for p in self.si.params]
 
     def after_update(self, task: int) -> None:
         if self.active:
