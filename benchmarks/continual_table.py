@@ -43,6 +43,9 @@ def fmt(v) -> str:
 
 def measure(run: str, n_iter: int, pickle: str | None) -> dict:
     """One run through launch/continual.py in its own process; its summary plus the wall time."""
+    # the code measured is the code at the start: edits made while a run goes on must not be credited to it
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, str(REPO / "launch" / "continual.py"), f"method={run}", f"n_iter={n_iter}",
                    f"out={out}", "name=bench", *([f"data.pickle={pickle}"] if pickle else [])]
@@ -55,8 +58,7 @@ def measure(run: str, n_iter: int, pickle: str | None) -> dict:
     return {**summary, "wall_seconds": round(wall, 1), "command": f"python launch/continual.py method={run} n_iter={n_iter}",
             "machine": device_name(torch.device("cpu")) if summary["device"] == "cpu" else summary["device"],
             "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in",
-            "commit": subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                                     text=True).stdout.strip()}
+            "commit": commit}
 
 
 def render(records: list[dict], out: Path | None) -> str:
