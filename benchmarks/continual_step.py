@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from machine import device_name
 from trainer.continual.config import load_continual_config
-from trainer.continual.runner import Runner
+from trainer.continual.runner import Runner, draw_rows
 
 
 def iteration_functions(run: str):
@@ -44,12 +44,10 @@ def iteration_functions(run: str):
     xs = torch.cat([task.train_x for task in tasks])
     ys = torch.cat([task.train_y for task in tasks])
     sizes = torch.tensor([len(task.train_x) for task in tasks])
-    starts = torch.cumsum(sizes, 0) - sizes
 
     def batch():
         which = torch.randint(len(tasks), (b,), generator=gen) if m.joint else torch.full((b,), t)
-        rows = starts[which] + (torch.rand(b, generator=gen) * sizes[which]).long()
-        x, y = runner._rows(xs, ys, rows)
+        x, y = runner._rows(xs, ys, draw_rows(sizes, which, gen))
         return x, y, which
 
     module = copy.deepcopy(m.net.lstm).requires_grad_(True)  # a copy: the hypernetwork's main net has no own weights

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from trainer.continual.config import load_continual_config
 from trainer.continual.data import DataError, load_pickle, make_tasks, synthetic
@@ -17,7 +18,7 @@ from trainer.continual.methods import ewc as ewc_module
 from trainer.continual.methods.quadratic import QuadraticPenalty
 from trainer.continual.methods.si import PathIntegral
 from trainer.continual.nets import MainNet, lstm_explicit
-from trainer.continual.runner import Runner, transfer_metrics
+from trainer.continual.runner import Runner, accuracy, draw_rows, transfer_metrics
 
 from .helpers import REPO, run_command
 
@@ -295,6 +296,45 @@ def test_finetuning_forgets(finetune):
 def test_methods_protect_old_tasks(five_tasks, finetune, method, overrides):
     result = _final(method, five_tasks, *overrides)
     assert result["final_accuracy"] > finetune["final_accuracy"] + 10, (result["accuracy_matrix"], finetune)
+
+
+def test_joint_rows_stay_in_their_task_and_cover_it():
+    sizes = torch.tensor([5, 3, 7])
+    tasks = torch.randint(3, (4000,), generator=torch.Generator().manual_seed(1))
+    rows = draw_rows(sizes, tasks, torch.Generator().manual_seed(2))
+    starts = torch.tensor([0, 5, 8])
+    assert bool(((rows >= starts[tasks]) & (rows < starts[tasks] + sizes[tasks])).all())
+    assert set(rows.tolist()) == set(range(15))  # every train sample of every task can be drawn
+
+
+def test_multitask_learns_every_task_through_its_own_head(five_tasks):
+    cfg = load_continual_config(["method=multitask", "data.num_tasks=5", "n_iter=300", "train.lr=2e-3"])
+    runner = Runner(cfg, five_tasks)
+    outputs = torch.randn(6, 50)
+    tasks = torch.tensor([0, 4, 2, 2, 1, 3])
+    picked = runner.method.per_sample_heads(outputs, tasks)
+    assert torch.equal(picked, torch.stack([outputs[i, 10 * t:10 * t + 10] for i, t in enumerate(tasks.tolist())]))
+    result = runner.run()
+    assert len(result["accuracy_matrix"]) == 1 and min(result["accuracy_matrix"][0]) > 50, result["accuracy_matrix"]
+    assert result["final_accuracy"] == result["during_accuracy"] and result["backward_transfer"] == 0
+
+
+def test_stopping_criterion_ends_the_run_after_the_failing_task(five_tasks):
+    cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "n_iter=20", "train.during_acc_criterion=99.5"])
+    result = Runner(cfg, five_tasks).run()
+    assert len(result["accuracy_matrix"]) == 1
+    assert result["stopped_early"].startswith("task 0 during accuracy") and "< 99.5%" in result["stopped_early"]
+
+
+def test_best_model_restore_keeps_the_best_validation_checkpoint(five_tasks):
+    cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "n_iter=400", "train.lr=5e-3",
+                                 "train.use_best_models=true", "train.best_every=50"])
+    runner = Runner(cfg, five_tasks)
+    runner.train_task(0, tqdm(disable=True))
+    checks = [r["val_accuracy"] for r in runner.log_rows if "val_accuracy" in r]
+    assert len(checks) == 8
+    assert checks.index(max(checks)) < len(checks) - 1, checks  # else the last weights would pass without a restore
+    assert accuracy(runner.method, five_tasks[0].val_x, five_tasks[0].val_y, 0) == max(checks)
 
 
 def test_launcher_contract(tmp_path):

@@ -44,6 +44,13 @@ def accuracy(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch:
     return 100.0 * correct / max(1, len(x))
 
 
+def draw_rows(sizes: torch.Tensor, tasks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """For each entry of `tasks`, a uniform row of that task's train set in the concatenation of all of them
+    (`sizes`: each task's number of train samples, in order)."""
+    starts = torch.cumsum(sizes, 0) - sizes
+    return starts[tasks] + (torch.rand(tasks.shape, generator=gen) * sizes[tasks]).long()
+
+
 def transfer_metrics(matrix: np.ndarray) -> dict:
     t = len(matrix)
     diag = np.diag(matrix[:, :t]) if t else np.zeros(0)
@@ -121,12 +128,11 @@ class Runner:
         xs = torch.cat([t.train_x for t in self.tasks])
         ys = torch.cat([t.train_y for t in self.tasks])
         sizes = torch.tensor([len(t.train_x) for t in self.tasks])
-        starts = torch.cumsum(sizes, 0) - sizes
         total, block, b = cfg.n_iter * len(self.tasks), 1000, cfg.train.batch_size
         for first in range(0, total, block):  # samples drawn for `block` iterations at a time: fewer small calls
             n = min(block, total - first)
             tasks = torch.randint(len(self.tasks), (n, b), generator=self.gen)
-            rows = starts[tasks] + (torch.rand(n, b, generator=self.gen) * sizes[tasks]).long()
+            rows = draw_rows(sizes, tasks, self.gen)
             for it, (task, idx) in enumerate(zip(tasks, rows), start=first):
                 loss = m.joint_loss(*self._rows(xs, ys, idx), task.to(self.device))
                 self._step(opt, loss, -1, it, bar)
