@@ -319,6 +319,23 @@ def test_multitask_learns_every_task_through_its_own_head(five_tasks):
     assert result["final_accuracy"] == result["during_accuracy"] and result["backward_transfer"] == 0
 
 
+def test_from_scratch_tests_each_task_with_its_own_network(five_tasks):
+    cfg = load_continual_config(["method=from_scratch", "data.num_tasks=5", "n_iter=100"])
+    result = Runner(cfg, five_tasks[:3]).run()
+    matrix = np.array(result["accuracy_matrix"])
+    assert np.array_equal(matrix[-1], np.diag(matrix)) and result["forgetting"] == 0, matrix
+
+
+def test_slow_learner_gives_the_heads_their_own_learning_rate(five_tasks):
+    cfg = load_continual_config(["method=slow_learner", "data.num_tasks=5", "train.lr=1e-5", "params.head_lr=3e-3"])
+    runner = Runner(cfg, five_tasks)
+    lstm_group, head_group = runner._optimizer(0).param_groups
+    net = runner.method.net
+    assert lstm_group["lr"] == 1e-5 and head_group["lr"] == 3e-3
+    assert {id(p) for p in lstm_group["params"]} == {id(p) for p in net.lstm.parameters()}
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in net.head.parameters()}
+
+
 def test_stopping_criterion_ends_the_run_after_the_failing_task(five_tasks):
     cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "n_iter=20", "train.during_acc_criterion=99.5"])
     result = Runner(cfg, five_tasks).run()
