@@ -41,9 +41,7 @@ def iteration_functions(run: str):
         m.end_task(0, tasks[0])
         m.start_task(t, tasks[t])
     opt = runner._optimizer(-1 if m.joint else t)
-    xs = torch.cat([task.train_x for task in tasks])
-    ys = torch.cat([task.train_y for task in tasks])
-    sizes = torch.tensor([len(task.train_x) for task in tasks])
+    xs, ys, sizes = runner.joint_train_set()
 
     def batch():
         which = torch.randint(len(tasks), (b,), generator=gen) if m.joint else torch.full((b,), t)

@@ -122,12 +122,15 @@ class Runner:
             m.restore(best)
         m.end_task(t, task)
 
+    def joint_train_set(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every task's train inputs and labels concatenated in task order, and each task's number of samples."""
+        return (torch.cat([t.train_x for t in self.tasks]), torch.cat([t.train_y for t in self.tasks]),
+                torch.tensor([len(t.train_x) for t in self.tasks]))
+
     def train_joint(self, bar: tqdm) -> None:
         cfg, m = self.cfg, self.method
         opt = self._optimizer(-1)
-        xs = torch.cat([t.train_x for t in self.tasks])
-        ys = torch.cat([t.train_y for t in self.tasks])
-        sizes = torch.tensor([len(t.train_x) for t in self.tasks])
+        xs, ys, sizes = self.joint_train_set()
         total, block, b = cfg.n_iter * len(self.tasks), 1000, cfg.train.batch_size
         for first in range(0, total, block):  # samples drawn for `block` iterations at a time: fewer small calls
             n = min(block, total - first)
