@@ -6,9 +6,12 @@ former (the sbatch scripts export MASTER_ADDR / MASTER_PORT); plain `python` run
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -105,3 +108,18 @@ def broadcast_object(obj, src: int = 0):
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code` without finalising the interpreter (call after `teardown`).
+
+    A gloo worker thread can still be releasing the tensors of a finished collective when the
+    interpreter finalises; the GIL it needs is then gone and torch 2.11 aborts the process
+    ("terminate called without an active exception", SIGABRT) after a complete run, so SLURM and the
+    launchers report a failure (pytorch/pytorch#190489). By this point the run's files are closed, so
+    flushing logging and the standard streams is all that finalisation would still do for us.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
