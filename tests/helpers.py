@@ -51,15 +51,17 @@ def train_overrides(shards: Path, runs: Path, name: str, dataset: str = "cochlsc
     return [f"{k}={v}" for k, v in settings.items()]
 
 
-def start_ranks(args: list[str], log_dir: Path, world: int = 2) -> list[subprocess.Popen]:
-    """`world` trainer processes wired like `srun` one-task-per-GPU (RANK / WORLD_SIZE / MASTER_*)."""
+def start_ranks(args: list[str], log_dir: Path, world: int = 2, script: Path = TRAIN,
+                env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    """`world` processes of `script` (the trainer by default) wired like `srun` one-task-per-GPU
+    (RANK / WORLD_SIZE / MASTER_*), each writing `log_dir/rank<N>-<time>.log`; `env` adds variables."""
     port = free_port()
     procs = []
     for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        rank_env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **(env or {})}
         out = open(log_dir / f"rank{rank}-{time.monotonic_ns()}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, str(TRAIN), *args], env=env, stdout=out,
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=rank_env, stdout=out,
                                       stderr=subprocess.STDOUT, cwd=REPO))
     return procs
 

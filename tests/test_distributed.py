@@ -12,17 +12,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from .helpers import REPO, free_port
+from .helpers import REPO, start_ranks, wait_ranks
 
 SCENARIO = """
-import sys, time
+import os, sys, time
 import torch, torch.distributed as dist
 from trainer import distributed
 
-rank, how = int(sys.argv[1]), sys.argv[2]
+rank, how = int(os.environ["RANK"]), sys.argv[1]
 dist.init_process_group("gloo")
 parts = [torch.empty(4) for _ in range(2)]
 if rank == 0:
@@ -40,17 +41,11 @@ how == "exit_process" and distributed.exit_process(7)
 def _run_pair(tmp_path, how: str) -> tuple[list[int], list[str]]:
     script = tmp_path / "scenario.py"
     script.write_text(SCENARIO)
-    port = free_port()
-    procs, logs = [], []
-    for rank in range(2):
-        # unbuffered output makes the abort of an ordinary exit much more likely (6 of 8 pairs, not 1 of 8)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        logs.append(tmp_path / f"{how}-rank{rank}.log")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(rank), how], env=env, cwd=REPO,
-                                      stdout=logs[-1].open("w"), stderr=subprocess.STDOUT))
-    codes = [p.wait(timeout=120) for p in procs]
-    return codes, [log.read_text() for log in logs]
+    log_dir = tmp_path / f"{how}-{time.monotonic_ns()}"
+    log_dir.mkdir()
+    # unbuffered output makes the abort of an ordinary exit much more likely (6 of 8 pairs, not 1 of 8)
+    codes = wait_ranks(start_ranks([how], log_dir, script=script, env={"PYTHONUNBUFFERED": "1"}), timeout=120)
+    return codes, [log.read_text() for log in sorted(log_dir.glob("rank*.log"))]
 
 
 def test_exit_process_survives_the_gloo_finalisation_race(tmp_path):
