@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchaudio.compliance.kaldi as kaldi
 
-from trainer.model.frontend import PRESETS, MelFrontend
+from trainer.model.frontend import PRESETS, MelFrontend, fft_bin_mels, kaldi_mel_banks
 
 
 def _numpy_logmel(wave: np.ndarray, sr: int, fmin: float, fmax: float, n_mels=128, n_fft=1024, win=800,
@@ -81,6 +82,52 @@ def test_fmin_fmax_jitter_only_in_training():
     assert torch.equal(jitter.eval()(wave), jitter(wave))
     still = MelFrontend(32000, freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1)
     torch.testing.assert_close(still.train()(wave), still.eval()(wave))
+
+
+EDGES = [(44100, 0.0, 21550.0), (44100, 0.0, 22050.0), (44100, 9.0, 20123.0), (32000, 0.0, 15500.0),
+         (32000, 7.0, 14001.0), (16000, 20.0, -400.0)]
+
+
+@pytest.mark.parametrize("rate,fmin,fmax", EDGES)
+def test_device_banks_equal_torchaudios_kaldi_banks(rate, fmin, fmax):
+    ref, _ = kaldi.get_mel_banks(128, 1024, float(rate), fmin, fmax, 100.0, -500.0, 1.0)
+    ours = kaldi_mel_banks(128, fft_bin_mels(1024, float(rate)), float(rate), torch.tensor(fmin), torch.tensor(fmax))
+    assert ours.shape == (128, 513) and ours.dtype == torch.float32
+    torch.testing.assert_close(ours[:, :-1], ref, rtol=1e-5, atol=1e-7)
+    assert not ours[:, -1].any()  # the Nyquist column
+
+
+def test_banks_are_vectorised_over_band_edges():
+    rate = 44100.0
+    fmin = torch.tensor([0.0, 9.0, 3.0])
+    fmax = torch.tensor([21550.0, 20123.0, 22050.0])
+    batched = kaldi_mel_banks(128, fft_bin_mels(1024, rate), rate, fmin, fmax)
+    assert batched.shape == (3, 128, 513)
+    for i in range(3):
+        ref, _ = kaldi.get_mel_banks(128, 1024, rate, float(fmin[i]), float(fmax[i]), 100.0, -500.0, 1.0)
+        torch.testing.assert_close(batched[i, :, :-1], ref, rtol=1e-5, atol=1e-7)
+
+
+def test_training_output_uses_the_drawn_band_edges():
+    """Masks off: a training batch equals the NumPy log-mel with the Kaldi banks of the edges the module drew."""
+    rate = 32000
+    frontend = MelFrontend(rate, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000).train()
+    wave = torch.randn(2, rate) * 0.1
+    for seed in range(3):
+        torch.manual_seed(seed)
+        out = frontend(wave).numpy()
+        torch.manual_seed(seed)
+        fmin = 0.0 + int(torch.randint(10, ()))
+        fmax = frontend.config.eval_fmax + 1000 - int(torch.randint(2000, ()))
+        ref = _numpy_logmel(wave.double().numpy(), rate, fmin, fmax)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_band_edges_beyond_nyquist_are_a_config_error():
+    with pytest.raises(ValueError, match="frontend.fmin / fmax"):
+        MelFrontend(32000, fmax=16000, fmax_aug_range=1000)
+    with pytest.raises(ValueError, match="0 <= fmin < fmax"):
+        MelFrontend(32000, fmin=16500)
 
 
 def test_fp32_inside_autocast():
