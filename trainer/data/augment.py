@@ -54,11 +54,11 @@ class WaveAugment(nn.Module):
             shift = torch.randint(-self.roll, self.roll + 1, (b, 1), device=audio.device)
             audio = audio.gather(1, (torch.arange(n, device=audio.device) - shift) % n)
         if self.dir_prob > 0:
+            # Every row is convolved and the chosen ones kept: a few FFTs more, but no host sync on how many
+            # were chosen (boolean indexing waits for the device).
             chosen = (device == self.dir_device) & (torch.rand(b, device=audio.device) < self.dir_prob)
-            if chosen.any():
-                irs = self.irs[torch.randint(len(self.irs), (int(chosen.sum()),), device=audio.device)]
-                audio = audio.clone()
-                audio[chosen] = fft_convolve(audio[chosen], irs)[:, :n]
+            irs = self.irs[torch.randint(len(self.irs), (b,), device=audio.device)]
+            audio = torch.where(chosen[:, None], fft_convolve(audio, irs)[:, :n], audio)
         if self.gain_db:
             gain = (torch.rand(b, 1, device=audio.device) * 2 - 1) * self.gain_db
             audio = audio * 10.0 ** (gain / 20.0)
@@ -75,7 +75,9 @@ class FreqMixStyle(nn.Module):
     """Frequency MixStyle on [B, C, F, T]: with probability p per batch, mix per-bin statistics between samples.
 
     mu, sig over (channel, time) per sample and bin (unbiased variance, sig = sqrt(var + eps), detached);
-    lam ~ Beta(alpha, alpha) per sample; perm a random permutation of the batch.
+    lam ~ Beta(alpha, alpha) per sample; perm a random permutation of the batch.  The coin, lam and perm are
+    drawn on the input's device and the batch is mixed whatever the coin says, then kept or not with
+    `torch.where`: the host never waits for a random number.
     """
 
     def __init__(self, p: float = 0.4, alpha: float = 0.4, eps: float = 1e-6):
@@ -83,13 +85,20 @@ class FreqMixStyle(nn.Module):
         self.p, self.alpha, self.eps = p, alpha, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p <= 0 or torch.rand(1).item() > self.p:
+        if not self.training or self.p <= 0:
             return x
         b = x.shape[0]
-        mu = x.mean(dim=(1, 3), keepdim=True).detach()
-        sig = (x.var(dim=(1, 3), keepdim=True) + self.eps).sqrt().detach()
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((b, 1, 1, 1)).to(x.device, x.dtype)
+        apply = torch.rand((), device=x.device) < self.p
+        concentration = torch.full((b, 1, 1, 1), self.alpha, device=x.device)
+        lam = torch.distributions.Beta(concentration, concentration, validate_args=False).sample().to(x.dtype)
         perm = torch.randperm(b, device=x.device)
-        mixed_sig = lam * sig + (1 - lam) * sig[perm]
-        mixed_mu = lam * mu + (1 - lam) * mu[perm]
-        return (x - mu) / sig * mixed_sig + mixed_mu
+        return torch.where(apply, mix_statistics(x, lam, perm, self.eps), x)
+
+
+def mix_statistics(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor, eps: float) -> torch.Tensor:
+    """x re-normalised with per-bin statistics mixed between each sample (weight lam) and sample perm[i]."""
+    mu = x.mean(dim=(1, 3), keepdim=True).detach()
+    sig = (x.var(dim=(1, 3), keepdim=True) + eps).sqrt().detach()
+    mixed_sig = lam * sig + (1 - lam) * sig[perm]
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    return (x - mu) / sig * mixed_sig + mixed_mu

@@ -180,10 +180,12 @@ class PaSST(nn.Module):
         if tp > c.max_time_patches:
             raise ValueError(f"{tp} time patches exceed the time embedding ({c.max_time_patches}); "
                              "call forward(), which crops or windows long inputs")
-        start = 0
+        time_pos = self.time_new_pos_embed[:, :, :, :tp]
         if tp < c.max_time_patches and self.training:
-            start = int(torch.randint(0, c.max_time_patches - tp + 1, (1,)))
-        x = x + self.time_new_pos_embed[:, :, :, start:start + tp] + self.freq_new_pos_embed
+            # a random contiguous slice, chosen on the device: no host sync, no graph break under torch.compile
+            start = torch.randint(0, c.max_time_patches - tp + 1, (), device=x.device)
+            time_pos = self.time_new_pos_embed.index_select(3, start + torch.arange(tp, device=x.device))
+        x = x + time_pos + self.freq_new_pos_embed
         if self.training and c.s_patchout_t:
             keep = torch.randperm(tp, device=x.device)[:max(0, tp - c.s_patchout_t)].sort().values
             x = x[:, :, :, keep]
@@ -217,8 +219,8 @@ class PaSST(nn.Module):
             return self.forward_head(features), features
         window = self.config.window_frames
         if self.training:
-            start = int(torch.randint(0, frames - window + 1, (1,)))
-            features = self.forward_features(mel[..., start:start + window])
+            start = torch.randint(0, frames - window + 1, (), device=mel.device)
+            features = self.forward_features(mel.index_select(-1, start + torch.arange(window, device=mel.device)))
             return self.forward_head(features), features
         starts = list(range(0, frames - window + 1, self.config.window_hop_frames))
         if starts[-1] != frames - window:
