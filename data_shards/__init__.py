@@ -2,4 +2,4 @@
 
 `python -m data_shards pack|verify|info|demo ...`; the shard contract is described in README.md.
 """
-PACKER_VERSION = "1.0.0"
+PACKER_VERSION = "1.1.0"  # 1.1.0: the numeric `.labels` member

@@ -11,7 +11,8 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 REJECTED = "rejected.csv"
-REQUIRED = ("packer_version", "classes", "devices", "sample_rate", "audio_format", "audio_extension", "splits")
+REQUIRED = ("packer_version", "classes", "devices", "sample_rate", "audio_format", "audio_extension",
+            "labels_extension", "splits")
 
 
 class ManifestError(Exception):
@@ -40,7 +41,9 @@ def load_manifest(folder: Path) -> dict:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
-        raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}; re-pack with this version of data_shards")
+        raise ManifestError(f"{path}: missing field(s) {', '.join(missing)} (packed by data_shards "
+                            f"{manifest.get('packer_version', '?')}); re-pack the dataset with this version "
+                            "(python -m data_shards pack ... --overwrite)")
     for split, info in manifest["splits"].items():
         for field in ("num_samples", "shards"):
             if field not in info:

@@ -28,7 +28,7 @@ from . import PACKER_VERSION
 from .audio import FORMATS, Encoded, encode_job
 from .manifest import MANIFEST, REJECTED, write_atomic
 from .records import Rejection, Scan, SourceFile, assign_keys, hold_out
-from .shards import ShardSink, sample_json
+from .shards import LABELS_EXTENSION, ShardSink, labels_member, sample_json
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
                         continue
                     key = keys[src.source]
                     meta = _metadata(src, key, result, scan)
-                    sink.write(key, {FORMATS[options.audio_format]: result.data, "json": sample_json(meta)})
+                    sink.write(key, {FORMATS[options.audio_format]: result.data, "json": sample_json(meta),
+                                     LABELS_EXTENSION: labels_member(meta["label_index"], meta["device_index"])})
                     conversions.update(c.split(" ")[0] for c in result.conversions)
                     seconds += result.duration
                     classes[src.label] += 1
@@ -180,6 +181,7 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
         "clip_seconds": _typical(durations),
         "audio_format": options.audio_format,
         "audio_extension": FORMATS[options.audio_format],
+        "labels_extension": LABELS_EXTENSION,
         "splits": splits,
         "num_rejected": len(rejected),
         "conversions": dict(sorted(conversions.items())),

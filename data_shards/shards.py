@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,20 @@ class _HashingFile:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+
+
+LABELS_EXTENSION = "labels"
+
+
+def labels_member(label_index: int, device_index: int) -> bytes:
+    """The `.labels` member: label_index and device_index as little-endian int32 (what the GPU loader reads)."""
+    return struct.pack("<2i", label_index, device_index)
+
+
+def read_labels_member(data: bytes) -> tuple[int, int]:
+    if len(data) != 8:
+        raise ValueError(f"a .labels member holds 8 bytes (two int32), found {len(data)}")
+    return struct.unpack("<2i", data)
 
 
 def sample_json(meta: dict) -> bytes:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .audio import decode
 from .manifest import REJECTED, load_manifest
-from .shards import index_from_tar, iter_samples
+from .shards import index_from_tar, iter_samples, read_labels_member
 
 
 def _sha256(path: Path) -> str:
@@ -57,15 +57,20 @@ def _check_shard(job: tuple[Path, dict, dict, str]) -> tuple[list[str], list[str
     for key, members in samples:
         keys.append(key)
         here = f"{where}:{key}"
-        if ext not in members or "json" not in members:
-            problems.append(f"{here}: has {sorted(members)}, needs {ext} and json")
+        labels_ext = manifest["labels_extension"]
+        if not {ext, "json", labels_ext} <= set(members):
+            problems.append(f"{here}: has {sorted(members)}, needs {ext}, json and {labels_ext}")
             continue
         try:
             meta = json.loads(members["json"])
             audio, rate = decode(members[ext], manifest["audio_format"])
+            numeric = read_labels_member(members[labels_ext])
         except Exception as exc:  # any decoder failure is a finding, not a crash of verify
             problems.append(f"{here}: cannot decode ({exc})")
             continue
+        if numeric != (meta.get("label_index"), meta.get("device_index")):
+            problems.append(f"{here}: .{labels_ext} says (label_index, device_index) = {numeric}, JSON says "
+                            f"({meta.get('label_index')}, {meta.get('device_index')})")
         if rate not in (None, manifest["sample_rate"]):
             problems.append(f"{here}: sample rate {rate}, manifest says {manifest['sample_rate']}")
         if len(audio) != meta.get("num_samples"):

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 
 import pytest
 
 from data_shards.__main__ import main
-from data_shards.manifest import load_manifest
+from data_shards.manifest import ManifestError, load_manifest
 from data_shards.verify import verify
 
 
@@ -48,6 +49,30 @@ def test_verify_catches_a_stale_index_and_a_missing_shard(copy):
     assert any("does not match the tar" in p for p in problems)
     assert any(p.endswith(": missing") for p in problems)
     assert any(p.startswith("split split5:") and "manifest says" in p for p in problems)
+
+
+def test_verify_catches_numeric_labels_that_disagree_with_the_json(copy):
+    shard = load_manifest(copy)["splits"]["test"]["shards"][0]
+    line = (copy / shard["index"]).read_text().splitlines()[1].split()
+    members = {line[i]: (int(line[i + 1]), int(line[i + 2])) for i in range(0, len(line), 4)}
+    offset, size = members["labels"]
+    path = copy / shard["path"]
+    data = bytearray(path.read_bytes())
+    label, device = struct.unpack("<2i", data[offset:offset + size])
+    data[offset:offset + size] = struct.pack("<2i", label + 1, device)
+    path.write_bytes(bytes(data))
+    problems, _ = verify(copy)
+    assert any(".labels says (label_index, device_index) = " f"({label + 1}, {device}), JSON says ({label}, {device})" in p
+               for p in problems), problems
+
+
+def test_shards_of_an_older_packer_are_refused_with_what_to_do(copy):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["labels_extension"]
+    manifest["packer_version"] = "1.0.0"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"labels_extension \(packed by data_shards 1.0.0\); re-pack"):
+        load_manifest(copy)
 
 
 def test_verify_catches_a_manifest_that_lies(copy):
