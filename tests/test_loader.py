@@ -1,14 +1,18 @@
 """make_loader: shapes, labels, exact per-rank epochs, DALI == torch in eval, augmentations, corrupt samples."""
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from data_shards.manifest import load_manifest
+from data_shards.pack import PackOptions, pack
+from data_shards.sources import cochlscene
 from trainer.data import make_loader
 from trainer.data.augment import FreqMixStyle, WaveAugment, fft_convolve, load_impulse_responses
 from trainer.data.epoch import plan_epoch
@@ -34,6 +38,27 @@ def test_epoch_plan_arithmetic():
         plan_epoch(20, 4, rank=0, world_size=2, training=True, accumulation=3)
     with pytest.raises(ValueError, match="rank 2 is not in"):
         plan_epoch(10, 2, rank=2, world_size=2, training=True)
+
+
+@pytest.mark.parametrize("affinity,machine,local,env,expected", [
+    (16, 16, None, {}, 15),  # one rank owns the machine: all cores but the training loop's
+    (16, 16, None, {"LOCAL_WORLD_SIZE": "4"}, 3),  # torchrun, 4 ranks share 16 cores
+    (16, 16, None, {"LOCAL_SIZE": "8"}, 1),  # the deepspeed launcher
+    (16, 16, None, {"SLURM_NTASKS_PER_NODE": "4(x2)"}, 3),  # srun, 4 tasks on each of 2 nodes
+    (4, 16, None, {"SLURM_NTASKS_PER_NODE": "4"}, 3),  # srun bound each task to its 4 CPUs already
+    (2, 2, 1, {}, 1),
+])
+def test_default_loader_threads(monkeypatch, affinity, machine, local, env, expected):
+    from trainer.data.loader import default_workers
+    from trainer.distributed import local_world_size
+
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr("os.cpu_count", lambda: machine)
+    assert default_workers(local if local is not None else local_world_size()) == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -92,6 +117,40 @@ def test_training_crops_and_reshuffles_each_epoch(packed, backend):
     assert [b["key"] for b in first] != [b["key"] for b in second]
 
 
+@pytest.fixture(scope="module")
+def pcm16(demo_root, tmp_path_factory) -> Path:
+    """The CochlScene demo (16-bit sources) packed as raw pcm16, with the `packed` fixture's seed and shard size."""
+    out = tmp_path_factory.mktemp("pcm16")
+    return pack(cochlscene.scan(demo_root["cochlscene"]),
+                PackOptions(out=out, audio_format="pcm16", shard_samples=7, workers=1, seed=3)).folder
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pcm16_and_flac_shards_give_the_same_batches(packed, pcm16, backend):
+    assert load_manifest(pcm16)["audio_extension"] == "pcm"
+    for split, training in (("test", False), ("train", True)):
+        kwargs = dict(batch_size=3, training=training, backend=backend, clip_seconds=2.0, seed=4, num_workers=1)
+        flac = list(make_loader(packed["cochlscene"], split, **kwargs))
+        raw = list(make_loader(pcm16, split, **kwargs))
+        assert len(flac) == len(raw) > 1
+        for a, b in zip(flac, raw):
+            assert list(a["key"]) == list(b["key"])
+            assert torch.equal(a["label"], b["label"]) and torch.equal(a["device"], b["device"])
+            assert torch.equal(a["audio"], b["audio"])  # 16-bit sources: both formats are lossless
+
+
+def test_a_training_epoch_parses_no_json_unless_keys_are_read(packed, monkeypatch):
+    loader = make_loader(packed["tau22"], "train", batch_size=4, training=True, num_workers=1)
+    calls = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **k: calls.append(1) or real(*a, **k))
+    batches = list(loader)
+    assert calls == [] and len(batches) == len(loader)
+    keys = list(batches[0]["key"])
+    assert len(calls) == 4 and all(isinstance(k, str) for k in keys)
+    assert batches[0]["label"].dtype == torch.int64 and batches[0]["label"].shape == (4,)
+
+
 def test_roll_is_a_circular_shift_and_gain_a_constant_factor():
     torch.manual_seed(0)
     x = torch.randn(6, 1000)
@@ -131,10 +190,11 @@ def test_mixstyle_matches_the_formula():
     x = torch.randn(5, 1, 16, 30) * 3 + 1
     torch.manual_seed(3)
     out = FreqMixStyle(p=1.0, alpha=0.4).train()(x)
-    torch.manual_seed(3)
-    torch.rand(1)
-    lam = torch.distributions.Beta(0.4, 0.4).sample((5, 1, 1, 1)).double().numpy()
+    torch.manual_seed(3)  # the module's draws, in its order: coin, lam, perm
+    torch.rand(())
+    lam = torch.distributions.Beta(torch.full((5, 1, 1, 1), 0.4), torch.full((5, 1, 1, 1), 0.4)).sample()
     perm = torch.randperm(5).numpy()
+    lam = lam.double().numpy()
     xn = x.double().numpy()
     mu = xn.mean(axis=(1, 3), keepdims=True)
     sig = np.sqrt(xn.var(axis=(1, 3), keepdims=True, ddof=1) + 1e-6)
@@ -142,6 +202,15 @@ def test_mixstyle_matches_the_formula():
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-4)
     assert torch.equal(FreqMixStyle(p=1.0).eval()(x), x)
     assert torch.equal(FreqMixStyle(p=0.0).train()(x), x)
+
+
+def test_mixstyle_mixes_a_fraction_p_of_batches_and_leaves_the_rest_untouched():
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 10)
+    module = FreqMixStyle(p=0.4).train()
+    outcomes = [module(x) for _ in range(400)]
+    untouched = sum(torch.equal(o, x) for o in outcomes)
+    assert 0.5 < untouched / 400 < 0.7  # 1 - p = 0.6; +/- 0.1 is > 4 standard deviations
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -2,12 +2,16 @@
 
 `audio_pipeline` is the pure graph; `pipeline_arguments` turns a manifest, a split and loader
 settings into its arguments; `DaliReader` runs it for exactly the batches an `EpochPlan` asks for and
-hands waveforms (on the pipeline's device) and per-sample metadata to the loader.  The same graph
-runs with `device="cpu"` on machines without a GPU (CI) and `device="gpu"` for training.
+hands waveforms, labels (both on the pipeline's device) and the batch's keys to the loader.  The same
+graph runs with `device="cpu"` on machines without a GPU (CI) and `device="gpu"` for training.
+
+Nothing per sample happens in Python: labels come from each sample's numeric `.labels` member,
+and the JSON members are padded into one dense array per batch from which keys are decoded only
+when asked for.  Raw pcm16 shards need no decoding: the int16 samples cross to the GPU (half the
+bytes of float32) and are converted there.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +24,7 @@ import nvidia.dali.math as dmath
 from data_shards.manifest import shard_paths
 
 from .epoch import EpochPlan
+from .keys import Keys
 
 _DECODE_ERROR = re.compile(r"Error decoding file (?P<tar>.+?):(?P<offset>\d+):(?P<member>[^\s.]+)\.\S+")
 
@@ -29,23 +34,28 @@ class CorruptSampleError(RuntimeError):
 
 
 @pipeline_def
-def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, audio_format: str, source_rate: int,
-                   sample_rate: int, crop: int | None, training: bool, shard_id: int, num_shards: int,
-                   initial_fill: int, device: str):
-    audio, meta = fn.readers.webdataset(
-        paths=paths, index_paths=index_paths, ext=[ext, "json"], missing_component_behavior="error",
+def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, labels_ext: str, audio_format: str,
+                   source_rate: int, sample_rate: int, crop: int | None, training: bool, shard_id: int,
+                   num_shards: int, initial_fill: int, device: str):
+    audio, labels, meta = fn.readers.webdataset(
+        paths=paths, index_paths=index_paths, ext=[ext, labels_ext, "json"], missing_component_behavior="error",
         shard_id=shard_id, num_shards=num_shards, random_shuffle=training, initial_fill=initial_fill,
         stick_to_shard=not training, pad_last_batch=not training, name="reader")
+    labels = fn.reinterpret(labels, dtype=types.INT32)  # [label_index, device_index]
+    meta = fn.pad(meta, fill_value=0)  # one dense [B, longest] byte array per batch
     if audio_format == "pcm16":
-        wave = fn.cast(fn.reinterpret(audio, dtype=types.INT16), dtype=types.FLOAT) * (1.0 / 32768.0)
+        wave = fn.reinterpret(audio, dtype=types.INT16)
+        if device == "gpu":
+            wave, labels = wave.gpu(), labels.gpu()
+        wave = fn.cast(wave, dtype=types.FLOAT) * (1.0 / 32768.0)
         if source_rate != sample_rate:
             wave = fn.audio_resample(wave, in_rate=float(source_rate), out_rate=float(sample_rate))
     else:
         wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(sample_rate))
-    if device == "gpu":
-        wave = wave.gpu()
+        if device == "gpu":
+            wave, labels = wave.gpu(), labels.gpu()
     if crop is None:
-        return fn.pad(wave, axes=[0]), meta  # whole clips, zero-padded to the longest in the batch
+        return fn.pad(wave, axes=[0]), labels, meta  # whole clips, zero-padded to the longest in the batch
     if training:
         span = dmath.max(wave.shape(dtype=types.FLOAT) - crop, 0.0)
         start = dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0]) * (span + 1.0)), span)
@@ -54,14 +64,15 @@ def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, audio_
     wave = fn.slice(wave, start, fn.constant(fdata=[float(crop)]), axes=[0], normalized_anchor=False,
                     normalized_shape=False, out_of_bounds_policy="pad",
                     fill_values=0.0)
-    return wave, meta
+    return wave, labels, meta
 
 
 def pipeline_arguments(folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
                        crop: int | None, device: str, shuffle_buffer: int) -> dict:
     tars, indexes = shard_paths(folder, manifest, split)
     return dict(paths=[str(p) for p in tars], index_paths=[str(p) for p in indexes],
-                ext=manifest["audio_extension"], audio_format=manifest["audio_format"],
+                ext=manifest["audio_extension"], labels_ext=manifest["labels_extension"],
+                audio_format=manifest["audio_format"],
                 source_rate=manifest["sample_rate"], sample_rate=sample_rate, crop=crop, training=plan.training,
                 shard_id=plan.rank, num_shards=plan.world_size, initial_fill=shuffle_buffer, device=device)
 
@@ -83,26 +94,28 @@ class DaliReader:
                                device_id=torch.cuda.current_device() if device == "cuda" else None,
                                prefetch_queue_depth=2)
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[dict]]]:
-        """The epoch's batches after the first `skip` (read and discarded: resuming mid-epoch)."""
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, Keys]]:
+        """The epoch's (waveforms, labels [B, 2] int32, keys) after the first `skip` batches (read and
+        discarded: resuming mid-epoch)."""
         seed = int(np.random.SeedSequence([self.seed, epoch, self.plan.rank]).generate_state(1)[0] >> 1)
         pipe = audio_pipeline(**self._pipe_args, seed=seed, **self._kwargs)
         pipe.build()
         for index in range(self.plan.batches):
             try:
-                wave, meta = pipe.run()
+                wave, labels, meta = pipe.run()
             except RuntimeError as exc:
                 raise self._explain(exc) from None
             if index >= skip:
-                yield self._to_torch(wave), [json.loads(bytes(np.array(meta.at(i)))) for i in range(len(meta))]
+                yield self._to_torch(wave), self._to_torch(labels), Keys(np.array(meta.as_tensor()))
 
-    def _to_torch(self, wave) -> torch.Tensor:
+    def _to_torch(self, output) -> torch.Tensor:
+        """A copy of a dense DALI output as a torch tensor on the reader's device (DALI reuses its buffers)."""
         if self.device != "cuda":
-            return torch.from_numpy(np.array(wave.as_tensor()))
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+            return torch.from_numpy(np.array(output.as_tensor()))
+        from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
-        dense = wave.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device="cuda")
+        dense = output.as_tensor()
+        out = torch.empty(dense.shape(), dtype=to_torch_type[dense.dtype], device="cuda")
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream())
         return out
 

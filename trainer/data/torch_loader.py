@@ -27,18 +27,19 @@ from .epoch import EpochPlan
 class Entry:
     tar: str
     audio: tuple[int, int]  # (offset, size) of the audio member
+    labels: tuple[int, int]  # ... of the numeric .labels member
     meta: tuple[int, int]  # ... of the JSON member
 
 
 def read_entries(folder: Path, manifest: dict, split: str) -> list[Entry]:
     """Every sample of a split in global order (the concatenation of its shards), from the index files."""
-    ext = manifest["audio_extension"]
+    ext, labels = manifest["audio_extension"], manifest["labels_extension"]
     entries = []
     for tar, index in zip(*shard_paths(folder, manifest, split)):
         for line in index.read_text().splitlines()[1:]:
             parts = line.split()
             members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
-            entries.append(Entry(str(tar), members[ext], members["json"]))
+            entries.append(Entry(str(tar), members[ext], members[labels], members["json"]))
     return entries
 
 
@@ -52,7 +53,8 @@ def _read_members(path: str, *spans: tuple[int, int]) -> list[bytes]:
 
 
 class ClipDataset(Dataset):
-    """Index (global position, epoch) -> (waveform float32, metadata); crops are seeded per sample and epoch."""
+    """Index (global position, epoch) -> (waveform float32, labels int32 [2], key); crops are seeded per sample
+    and epoch."""
 
     def __init__(self, entries: list[Entry], *, audio_format: str, source_rate: int, sample_rate: int,
                  crop: int | None, training: bool, seed: int):
@@ -63,10 +65,10 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:
         index, epoch = item
         e = self.entries[index]
-        meta_bytes, audio_bytes = _read_members(e.tar, e.meta, e.audio)
+        meta_bytes, labels_bytes, audio_bytes = _read_members(e.tar, e.meta, e.labels, e.audio)
         meta = json.loads(meta_bytes)
         try:
             wave, _ = decode(audio_bytes, self.audio_format)
@@ -87,15 +89,15 @@ class ClipDataset(Dataset):
             wave = wave[start:start + self.crop]
             if len(wave) < self.crop:
                 wave = np.pad(wave, (0, self.crop - len(wave)))
-        return np.ascontiguousarray(wave, dtype=np.float32), meta
+        return np.ascontiguousarray(wave, dtype=np.float32), np.frombuffer(labels_bytes, "<i4"), meta["key"]
 
 
-def _collate(batch: list[tuple[np.ndarray, dict]]) -> tuple[torch.Tensor, list[dict]]:
-    length = max(len(w) for w, _ in batch)
+def _collate(batch: list[tuple[np.ndarray, np.ndarray, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    length = max(len(w) for w, _, _ in batch)
     audio = torch.zeros(len(batch), length)
-    for i, (w, _) in enumerate(batch):
+    for i, (w, _, _) in enumerate(batch):
         audio[i, :len(w)] = torch.from_numpy(w)
-    return audio, [m for _, m in batch]
+    return audio, torch.from_numpy(np.stack([labels for _, labels, _ in batch])), [k for _, _, k in batch]
 
 
 class TorchReader:
@@ -116,8 +118,8 @@ class TorchReader:
             return [p.start + int(i) for i in order[:p.batches * p.batch_size]]
         return [p.start + min(i, p.size - 1) for i in range(p.batches * p.batch_size)]
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, list[dict]]]:
-        """The epoch's batches after the first `skip` (resuming mid-epoch)."""
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """The epoch's (waveforms, labels [B, 2] int32, keys) after the first `skip` batches (resuming mid-epoch)."""
         items = [(i, epoch) for i in self.positions(epoch)][skip * self.plan.batch_size:]
         batches = [items[b:b + self.plan.batch_size] for b in range(0, len(items), self.plan.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
