@@ -78,6 +78,19 @@ def test_deepspeed_json_is_generated_from_the_config(trainable, tmp_path):
     assert ds["train_batch_size"] == 8 == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2
     assert ds["zero_optimization"] == {"stage": 2} and ds["gradient_clipping"] == 1.5
     assert "bf16" not in ds and "fp16" not in ds  # mixed precision is torch autocast over fp32 weights
+    assert "torch_autocast" not in ds  # the test overrides ask for fp32
+    assert ds["timers"]["throughput"]["enabled"] is False  # it would synchronise the device every micro-step
+    bf16 = deepspeed_config(load_config("cochl", train_overrides(trainable, tmp_path, "x") + [
+        "train.precision=bf16", "train.zero_stage=1"]), 2)
+    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert bf16["zero_optimization"] == {"stage": 1, "compute_grad_norm": False}  # nothing clips: no norm to read
+
+
+@pytest.mark.parametrize("override,message", [("run.log_every=0", "run.log_every must be at least 1"),
+                                              ("data.num_workers=-1", "data.num_workers must be >= 0")])
+def test_loop_settings_are_checked(trainable, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config("cochl", train_overrides(trainable, tmp_path, "x") + [override]), 1)
 
 
 def test_launcher_reports_config_errors(trainable, tmp_path):

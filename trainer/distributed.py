@@ -79,6 +79,15 @@ def setup(device_choice: str) -> Dist:
     return info
 
 
+def local_world_size() -> int:
+    """Ranks on this node, as the launcher tells it (torchrun, deepspeed, srun); 1 when it does not."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "").split("(")[0]  # SLURM writes e.g. "4(x2)"
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def all_mean(values: torch.Tensor) -> torch.Tensor:
     out = values.clone()
     dist.all_reduce(out)

@@ -3,8 +3,10 @@
 `Trainer(cfg).fit()` sets up in the order of the recipe (processes -> config checks -> run folder ->
 loaders -> model -> optimizer and schedule -> DeepSpeed -> resume), trains epoch by epoch with
 validation and model selection, evaluates the best model on the test split and writes `summary.json`.
-Mixed precision is torch autocast over fp32 master weights (the reference recipe's AMP), so `model.pt`
-is exactly the trained fp32 weights whatever the ZeRO stage.
+Mixed precision is torch autocast over fp32 master weights (the reference recipe's AMP), applied by the
+DeepSpeed engine itself (`torch_autocast` in the generated JSON), so `model.pt` is exactly the trained
+fp32 weights whatever the ZeRO stage.  A training step never waits for the device: losses and the
+pre-emption flag are read one window of `run.log_every` steps late (`monitor.StepMonitor`).
 """
 from __future__ import annotations
 
@@ -26,9 +28,11 @@ from . import checkpoint, distributed
 from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, to_dict, to_yaml, validate
 from .data import make_loader
 from .data.augment import FreqMixStyle
+from .data.loader import default_workers
 from .metrics import classification_metrics
 from .model.frontend import MelFrontend
 from .model.passt import count_parameters, create_model, load_pretrained
+from .monitor import StepMonitor
 from .plots import confusion_png
 from .runlog import RunLog
 from .sit import exp_warmup_linear_down, param_groups
@@ -46,6 +50,7 @@ class Progress:
     epoch: int = 0  # epoch in progress (or the next one, when step_in_epoch == 0)
     step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
     global_step: int = 0
+    epoch_loss_sum: float = 0.0  # sum of the step losses of `epoch` so far (a resumed epoch's mean stays exact)
     best_epoch: int = -1
     best_score: float | None = None
     best_val: dict | None = None
@@ -61,6 +66,17 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
         if cfg.reinit_heads:
             model.reinit_heads(num_classes)
     return model
+
+
+def precision_in_effect(engine) -> str:
+    """What the engine will actually compute in, read from the engine (not from our config)."""
+    weights = "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in engine.module.parameters()}))
+    if engine.bfloat16_enabled() or engine.fp16_enabled():
+        return f"DeepSpeed {'bf16' if engine.bfloat16_enabled() else 'fp16'} weights ({weights} parameters)"
+    if engine.torch_autocast_enabled():
+        dtype = str(engine.torch_autocast_dtype()).removeprefix("torch.")
+        return f"{dtype} autocast inside the engine, {weights} weights and Adam state"
+    return f"{weights}, no autocast"
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -91,11 +107,16 @@ class Trainer:
         model = build_model(cfg, len(self.classes)).to(d.device)
         self.frontend = MelFrontend.from_config(cfg.frontend).to(d.device)
         self.mixstyle = FreqMixStyle(cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha)
+        if cfg.model.compile:  # the model's forward as one graph (a graph break is an error), compiled at its first
+            # call; not DeepSpeed's engine.compile, which would trace the engine's forward hooks into the graph too
+            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
+        self._compiling = cfg.model.compile
         # Optimizer: slow-learner groups; one per-epoch LambdaLR factor keeps the groups' ratio.
         groups = param_groups(model, cfg.optim.method, lr=cfg.optim.lr, head_lr=cfg.optim.head_lr,
                               weight_decay=cfg.optim.weight_decay)
         self.group_names = [g.pop("name") for g in groups]
-        optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+        # fused: one kernel for all parameters, step counts kept on the device (no host reads of them)
+        optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=True)
         self.lr_factor = exp_warmup_linear_down(cfg.schedule.warm_up_len, cfg.schedule.ramp_down_len,
                                                 cfg.schedule.ramp_down_start, cfg.schedule.last_lr_value)
         steps = self.train_loader.plan.steps
@@ -114,12 +135,14 @@ class Trainer:
                              resume_epoch=self.progress.epoch,
                              wandb_project=cfg.run.wandb_project if cfg.run.wandb else None, config=to_dict(cfg))
         plan = self.train_loader.plan
-        log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, %s | global batch %d = %d micro x %d accumulation x %d "
-                 "rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %d, test %d | %s %.1fM params, "
-                 "%s, lr %s | %s", self.run_dir, d.world_size, d.device.type, d.backend, cfg.train.zero_stage,
-                 cfg.train.precision, cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size,
-                 cfg.data.dataset, plan.num_samples, plan.steps, cfg.train.epochs, self.val_loader.plan.num_samples,
-                 self.test_loader.plan.num_samples, cfg.model.name, count_parameters(model) / 1e6, cfg.optim.method,
+        log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, precision: %s | global batch %d = %d micro x %d "
+                 "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %d, test %d | "
+                 "%s loader, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s", self.run_dir, d.world_size,
+                 d.device.type, d.backend, cfg.train.zero_stage, precision_in_effect(self.engine),
+                 cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size, cfg.data.dataset,
+                 plan.num_samples, plan.steps, cfg.train.epochs, self.val_loader.plan.num_samples,
+                 self.test_loader.plan.num_samples, cfg.data.backend, self.num_workers, cfg.model.name,
+                 count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
                  " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)),
                  f"resumed at epoch {self.progress.epoch} step {self.progress.global_step}" if state else "new run")
         return self
@@ -140,9 +163,12 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         cfg, d = self.cfg, self.dist
+        self.num_workers = cfg.data.num_workers
+        if self.num_workers is None:
+            self.num_workers = default_workers(distributed.local_world_size())
         common = dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
                       sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds, seed=cfg.train.seed,
-                      num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer)
+                      num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer)
         self.train_loader = make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch,
                                         training=True, accumulation=self.accumulation, roll=cfg.augment.roll,
                                         dir_prob=cfg.augment.dir_prob, dir_folder=cfg.augment.dir_folder,
@@ -175,46 +201,59 @@ class Trainer:
         cfg, d, p = self.cfg, self.dist, self.progress
         if p.step_in_epoch == 0:
             checkpoint.seed_everything(epoch_seed(cfg.train.seed, p.epoch, d.rank))
+            p.epoch_loss_sum = 0.0
         for module in (self.engine, self.frontend, self.mixstyle):
             module.train()
         steps = self.train_loader.plan.steps
         bar = tqdm(total=steps, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", disable=None if d.is_main else True,
                    dynamic_ncols=True, leave=False)
-        window = torch.zeros((), device=d.device)
-        losses, started = [], time.perf_counter()
-        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
-        for batch in self.train_loader.batches(p.epoch, skip=p.step_in_epoch * self.accumulation):
-            with autocast:
-                logits, _ = self.engine(self.mixstyle(self.frontend(batch["audio"])))
+        monitor = StepMonitor(d.device, cfg.train.global_batch)
+        signalled = lambda: preemption.received is not None  # noqa: E731
+        micro_losses = torch.zeros((), device=d.device)
+        stop = False
+        remaining = p.step_in_epoch < steps  # a run stopped after an epoch's last step resumes at its end
+        batches = self.train_loader.batches(p.epoch, skip=p.step_in_epoch * self.accumulation) if remaining else ()
+        for batch in batches:
+            started = time.perf_counter()
+            logits, _ = self.engine(self.mixstyle(self.frontend(batch["audio"])))
             loss = F.cross_entropy(logits.float(), batch["label"])
             boundary = self.engine.is_gradient_accumulation_boundary()
             lrs = dict(zip(self.group_names, self.engine.get_lr()))
             self.engine.backward(loss)
             self.engine.step()
-            window += loss.detach()
+            micro_losses = micro_losses + loss.detach()
+            if self._compiling:
+                log.info("model.compile: the first micro-step took %.1f s (compilation included)",
+                         time.perf_counter() - started)
+                self._compiling = False
             if not boundary:
                 continue
-            stats = torch.stack([window / self.accumulation, torch.tensor(float(preemption.received is not None),
-                                                                          device=d.device)])
-            dist.all_reduce(stats)
-            step_loss, stop = stats[0].item() / d.world_size, stats[1].item() > 0
-            window.zero_()
             p.global_step += 1
             p.step_in_epoch += 1
-            now = time.perf_counter()
-            self.runlog.step(p.epoch, p.global_step, step_loss, lrs, cfg.train.global_batch / (now - started))
-            started = now
-            losses.append(step_loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{next(iter(lrs.values())):.2e}")
-            if stop:
-                bar.close()
-                return None
+            monitor.record(p.epoch, p.global_step, micro_losses / self.accumulation, lrs)
+            micro_losses = torch.zeros((), device=d.device)
+            if p.global_step % cfg.run.log_every == 0 and p.step_in_epoch < steps:
+                stop = self._log_steps(*monitor.window(signalled()), bar)
+                if stop:
+                    break
+        stop = self._log_steps(*monitor.drain(signalled()), bar) or stop
         bar.close()
+        if stop:
+            return None
         if p.step_in_epoch != steps:
             raise RuntimeError(f"epoch {p.epoch} ended after {p.step_in_epoch} of {steps} steps: the loader yielded "
                                "fewer batches than planned")
-        return float(np.mean(losses)) if losses else float("nan")
+        return p.epoch_loss_sum / steps
+
+    def _log_steps(self, records: list, stop: bool, bar: tqdm) -> bool:
+        """Write the steps read back from the device; returns whether any rank asked to stop."""
+        for r in records:
+            self.runlog.step(r.epoch, r.step, r.loss, r.lrs, r.samples_per_s)
+            self.progress.epoch_loss_sum += r.loss
+        if records:
+            bar.update(len(records))
+            bar.set_postfix(loss=f"{records[-1].loss:.4f}", lr=f"{next(iter(records[-1].lrs.values())):.2e}")
+        return stop
 
     def _end_epoch(self, train_loss: float) -> None:
         cfg, p = self.cfg, self.progress
