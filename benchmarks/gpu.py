@@ -1,0 +1,314 @@
+"""The GPU throughput benchmark in one call: corpus, model step, loader, whole trainer and the reference stack,
+side by side, written to benchmarks/results/gpu.md.
+
+    python benchmarks/gpu.py --out benchmarks/results/gpu.md      # a lent GPU machine, after the wheels are staged
+    python benchmarks/gpu.py --tiny --out /tmp/gpu_tiny.md        # any CPU: every section, tiny sizes (smoke test)
+
+Sections, in the order they run (each skipped with a note once `--budget` seconds would be exceeded):
+  corpus     16k 1-s + 2k 10-s 44.1 kHz clips as WAV, packed as FLAC and as pcm16 (`gpu_corpus.py`)
+  peak       the bf16 matmul ceiling of this device (8192^3), the denominator of every MFU
+  model      our model step: mel front-end + MixStyle + PaSST-S (SDPA) + fused Adam, bf16 autocast, on a batch
+             already on the device; eager and torch.compile'd; 1-s clips at batch 256, 10-s at batch 64
+  trainer    the real `launch/train.py` (DALI, DeepSpeed ZeRO 0, augmentation, checkpoints) on the corpus; the
+             rate is the median of steps.csv's windows after each epoch's first
+  reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
+             autocast (`reference_stack.py`): the whole step, and its model step alone
+  loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+import gpu_corpus
+import reference_stack
+from machine import device_name
+from trainer.data import make_loader
+from trainer.data.augment import FreqMixStyle
+from trainer.model.frontend import PRESETS, MelFrontend
+from trainer.model.passt import create_model, flops_per_sample
+
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("model", "trainer", "reference", "loader", "compiled")  # the corpus and the peak always run
+
+
+class Bench:
+    """Settings, the clock against the budget, and the rows measured so far (written after every section)."""
+
+    def __init__(self, args):
+        self.args, self.tiny = args, args.tiny
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+        self.model = "passt_micro" if self.tiny else "passt_s"
+        self.started = time.perf_counter()
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self.facts: dict = {}
+        self.cpus = len(os.sched_getaffinity(0))
+
+    def left(self) -> float:
+        return self.args.budget - (time.perf_counter() - self.started)
+
+    def fits(self, section: str, needs: float) -> bool:
+        if section not in self.args.sections:
+            return False
+        if self.left() < needs:
+            self.notes.append(f"{section}: skipped, {self.left():.0f} s of the {self.args.budget:.0f} s budget left "
+                              f"(needs ~{needs:.0f} s); run again with --sections {section}")
+            return False
+        return True
+
+    def add(self, **row) -> None:
+        self.rows.append(row)
+        print(json.dumps(row, default=str), flush=True)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def train_flops(self, frames: int) -> float:
+        config = create_model(self.model, 10, s_patchout_f=6).config
+        return 3 * flops_per_sample(config, min(frames, config.window_frames), training=True)
+
+    def mfu(self, samples_per_s: float, frames: int) -> float | None:
+        peak = self.facts.get("peak_tflops")
+        return 100 * samples_per_s * self.train_flops(frames) / (peak * 1e12) if peak else None
+
+
+def measure_peak(b: Bench) -> None:
+    n = 1024 if b.tiny else 8192
+    x = torch.randn(n, n, device=b.device, dtype=torch.bfloat16)
+    y = torch.randn(n, n, device=b.device, dtype=torch.bfloat16)
+    times = []
+    for i in range(3 if b.tiny else 25):
+        b.sync()
+        start = time.perf_counter()
+        x @ y
+        b.sync()
+        times.append(time.perf_counter() - start)
+    b.facts["peak_tflops"] = 2 * n**3 / statistics.median(times[1:]) / 1e12
+    print(f"bf16 matmul {n}^3: {b.facts['peak_tflops']:.1f} TFLOP/s", flush=True)
+
+
+def model_step(b: Bench, seconds: float, batch: int, compiled: bool) -> None:
+    """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device."""
+    torch.manual_seed(0)
+    preset = PRESETS["sit44k"]
+    samples = int(seconds * preset.sample_rate)
+    frontend = MelFrontend.from_config(preset).to(b.device).train()
+    mixstyle = FreqMixStyle(0.4, 0.4).train()
+    model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+    if compiled:
+        model.compile(fullgraph=True, dynamic=False)
+    wave = torch.randn(batch, samples, device=b.device) * 0.1
+    label = torch.randint(10, (batch,), device=b.device)
+
+    def step():
+        mel = mixstyle(frontend(wave))
+        with torch.autocast(b.device.type, dtype=torch.bfloat16):
+            logits, _ = model(mel)
+        F.cross_entropy(logits.float(), label).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    step()
+    b.sync()
+    first = time.perf_counter() - start
+    steps = 2 if b.tiny else 20
+    for _ in range(2 if b.tiny else 5):
+        step()
+    b.sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    b.sync()
+    rate = batch * steps / (time.perf_counter() - start)
+    frames = frontend.frames(samples)
+    b.add(section="model", what=f"model step, {'compiled' if compiled else 'eager'}", clips=f"{seconds:g} s",
+          batch=batch, samples_s=rate, mfu=b.mfu(rate, frames),
+          note=f"first step {first:.0f} s (compilation)" if compiled else "")
+    del model, optimizer
+    if b.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool, work: Path) -> None:
+    """The real launcher in its own process, on one device; the rate of steps.csv's steady windows."""
+    short = seconds < 5
+    name = f"{'short' if short else 'long'}_{fmt}{'_compiled' if compiled else ''}"
+    dataset = corpus["sets"]["short" if short else "long"]["shards"][fmt]
+    micro = (8 if b.tiny else 256) if short else (4 if b.tiny else 64)
+    log_every = 1 if b.tiny else (5 if short else 2)
+    overrides = [f"data.root={dataset.parent}", f"data.dataset={dataset.name}", "data.train_split=train",
+                 f"data.clip_seconds={seconds:g}",
+                 "init_from=null", f"model.name={b.model}", f"model.compile={str(compiled).lower()}",
+                 f"train.epochs={2 if b.tiny or short else 3}", f"train.global_batch={16 if b.tiny else 256}",
+                 f"train.micro_batch={micro}", f"train.eval_batch={micro}", "train.precision=bf16",
+                 f"train.device={b.device.type}", f"run.out={work}", f"run.name={name}", f"run.log_every={log_every}",
+                 "run.keep_checkpoints=1"]
+    if short:
+        overrides.append(f"augment.dir_folder={corpus['irs']}")
+    stage = "tau" if short else "cochl"
+    log = work / f"{name}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    with open(log, "w") as fh:
+        code = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--stage", stage, *overrides],
+                              cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    text = log.read_text()
+    if code != 0:
+        raise RuntimeError(f"trainer run {name} exited {code}; log {log}:\n{text[-3000:]}")
+    steps = pd.read_csv(work / stage / name / "steps.csv")
+    steps["in_epoch"] = steps.groupby("epoch").cumcount()
+    steady = steps[steps["in_epoch"] >= log_every]["samples_per_s"]
+    rate = float(steady.median() if len(steady) else steps["samples_per_s"].median())
+    precision = next((line.split("precision: ")[1].split(" | ")[0] for line in text.splitlines()
+                      if "precision: " in line), "?")
+    compile_note = next((line.split("model.compile: ")[1] for line in text.splitlines() if "model.compile: " in line), "")
+    frames = MelFrontend(44100).frames(int(seconds * 44100))
+    b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
+          batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
+          samples_s=rate, mfu=b.mfu(rate, frames), note=f"{precision}; {compile_note}".strip("; "))
+
+
+def loader_rate(b: Bench, folder: Path, batch: int, backend: str, threads: int) -> None:
+    """Clips/s of one training epoch of the loader plus the mel front-end, after its first batches."""
+    loader = make_loader(folder, "train", batch_size=batch, training=True, backend=backend, device=b.device.type,
+                         num_workers=threads)
+    frontend = MelFrontend(44100).to(b.device).train()
+    batches = iter(loader)
+    for _ in range(min(3, len(loader) - 1)):  # pipeline start-up and prefetch fill
+        frontend(next(batches)["audio"])
+    b.sync()
+    start, n = time.perf_counter(), 0
+    for batch_ in batches:
+        frontend(batch_["audio"])
+        n += batch_["audio"].shape[0]
+    b.sync()
+    rate = n / (time.perf_counter() - start)
+    b.add(section="loader", what=f"loader {backend}-{b.device.type} + mel, {folder.name.split('_')[1]}",
+          clips="1 s" if folder.name.startswith("short") else "10 s", batch=batch, samples_s=rate, mfu=None,
+          note=f"{threads} {'threads' if backend == 'dali' else 'workers'}")
+
+
+def write(b: Bench, out: Path) -> None:
+    def rate(section, what, clips):
+        return next((r["samples_s"] for r in b.rows if r["section"] == section and r["what"] == what
+                     and r["clips"] == clips), None)
+
+    table = [[r["what"], r["clips"], r["batch"], f"{r['samples_s']:.0f}",
+              "" if r["mfu"] is None else f"{r['mfu']:.1f}", r["note"]] for r in b.rows]
+    checks = []
+    for clips in ("1 s", "10 s"):
+        for kind in ("eager", "compiled"):
+            step = rate("model", f"model step, {kind}", clips)
+            whole = rate("trainer", f"whole trainer, flac{', compiled' if kind == 'compiled' else ''}", clips)
+            if step and whole:
+                checks.append(f"- whole trainer / model step, {clips} clips, {kind}: {whole:.0f} / {step:.0f} = "
+                              f"**{100 * whole / step:.0f}%** (target >= 90%)")
+    ours = rate("trainer", "whole trainer, flac", "1 s")
+    ref = rate("reference", "reference stack, whole step", "1 s")
+    if ours and ref:
+        checks.append(f"- whole trainer / reference stack, 1-s clips: {ours:.0f} / {ref:.0f} = **{ours / ref:.2f}x** "
+                      "(target >= 2x)")
+    best = max((r["mfu"] for r in b.rows if r["section"] == "model" and r["mfu"]), default=None)
+    if best:
+        checks.append(f"- best model-step MFU: **{best:.1f}%** of the measured bf16 peak (target >= 35%)")
+    corpus = b.facts.get("corpus")
+    text = (f"# GPU throughput: model step, loader, whole trainer and the reference stack, side by side\n\n"
+            f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores), "
+            f"torch {torch.__version__}, with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
+            f"({time.perf_counter() - b.started:.0f} s). bf16 matmul peak measured in the same call: "
+            f"{b.facts.get('peak_tflops', float('nan')):.0f} TFLOP/s (MFU column = training FLOPs, 3x the forward "
+            f"count of `flops_per_sample`, per second over that peak).\n\n"
+            + (f"Corpus: {corpus}\n\n" if corpus else "")
+            + tabulate(table, headers=["what", "clips", "batch", "samples/s", "MFU %", "note"], tablefmt="github")
+            + "\n\n" + ("\n".join(checks) + "\n\n" if checks else "")
+            + ("\n".join(f"- {n}" for n in b.notes) + "\n" if b.notes else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+def run(b: Bench, work: Path) -> None:
+    corpus = gpu_corpus.make_corpus(work / "corpus", tiny=b.tiny, workers=max(1, b.cpus - 1))
+    t = corpus["timings"]
+    b.facts["corpus"] = (f"{corpus['clips']['short']} 1-s + {corpus['clips']['long']} 10-s clips in "
+                         f"{t['total']:.0f} s on {b.cpus} cores (WAV {t['write wav']:.0f} s; packing FLAC "
+                         f"{t['pack short flac'] + t['pack long flac']:.0f} s, pcm16 "
+                         f"{t['pack short pcm16'] + t['pack long pcm16']:.0f} s)")
+    print(b.facts["corpus"], flush=True)
+    measure_peak(b)
+    steps = [(1.0, 8 if b.tiny else 256), (10.0, 4 if b.tiny else 64)]
+    if b.fits("model", 30):
+        for seconds, batch in steps:
+            model_step(b, seconds, batch, compiled=False)
+    if b.fits("trainer", 60):
+        trainer_run(b, corpus, 1.0, "flac", False, work)
+    if b.fits("reference", 45):
+        short = corpus["sets"]["short"]
+        train = [r for r in short["rows"] if r["split"] == "train"]
+        paths = [corpus["wav"] / r["path"] for r in train]
+        labels = [int(r["label"][5:]) for r in train]
+        workers = 1 if b.tiny else min(14, b.cpus - 2)
+        r = reference_stack.measure(paths, labels, num_classes=10, sample_rate=44100, samples=44100,
+                                    batch=8 if b.tiny else 256, workers=workers, steps=2 if b.tiny else 30,
+                                    warmup=1 if b.tiny else 5, tiny=b.tiny, device=b.device)
+        frames = MelFrontend(44100).frames(44100)
+        b.add(section="reference", what="reference stack, whole step", clips="1 s", batch=8 if b.tiny else 256,
+              samples_s=r["whole"], mfu=b.mfu(r["whole"], frames), note=f"{r['workers']} DataLoader workers")
+        b.add(section="reference", what="reference stack, model step", clips="1 s", batch=8 if b.tiny else 256,
+              samples_s=r["model"], mfu=b.mfu(r["model"], frames), note="hear21passt PaSST + mel, Adam")
+    if b.fits("trainer", 60):
+        trainer_run(b, corpus, 10.0, "flac", False, work)
+    if b.fits("loader", 45):
+        threads = [1, 2] if b.tiny else sorted({4, 8, b.cpus - 1})
+        for name, batch in (("short", 8 if b.tiny else 256), ("long", 4 if b.tiny else 64)):
+            for fmt in ("flac", "pcm16"):
+                for n in threads if fmt == "flac" else threads[:1]:
+                    loader_rate(b, corpus["sets"][name]["shards"][fmt], batch, "dali", n)
+            loader_rate(b, corpus["sets"][name]["shards"]["flac"], batch, "torch", threads[-1])
+    if b.fits("trainer", 60):
+        trainer_run(b, corpus, 1.0, "pcm16", False, work)
+    if b.fits("compiled", 150):
+        model_step(b, *steps[0], compiled=True)
+    if b.fits("compiled", 120):
+        trainer_run(b, corpus, 1.0, "flac", True, work)
+    if b.fits("compiled", 60):
+        model_step(b, *steps[1], compiled=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="tiny corpus and model on the CPU: a smoke test of every section")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu.md")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds; later sections are skipped past it")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    b = Bench(ap.parse_args())
+    if not b.tiny and b.device.type != "cuda":
+        raise SystemExit("no CUDA device: run with --tiny on a CPU")
+    with tempfile.TemporaryDirectory(dir=b.args.work) as tmp:
+        try:
+            run(b, Path(tmp))
+        finally:
+            write(b, b.args.out)
+    print(b.args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
