@@ -27,4 +27,5 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("loader dali-cpu + mel, pcm16", "10 s"), ("loader torch-cpu + mel, flac", "10 s")]:
         assert (what, clips) in rows, (what, clips, text)
     assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 4  # trainer runs
+    assert "the first micro-step took" in text  # model.compile logs its compile time
     assert "whole trainer / reference stack, 1-s clips:" in text and "skipped" not in text

@@ -1,6 +1,9 @@
 """Configuration: layers, overrides, validation messages that name the key, the generated DeepSpeed JSON."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from trainer.config import ConfigError, deepspeed_config, load_config, validate
@@ -102,3 +105,19 @@ def test_launcher_reports_config_errors(trainable, tmp_path):
     done = run_command([sys.executable, str(TRAIN), "--stage", "cochl", *train_overrides(trainable, tmp_path, "x"),
                         "data.dataset=missing"])
     assert done.returncode == 2 and "pack it with" in done.stderr and "--demo" in done.stderr
+
+
+def test_shards_of_an_older_packer_stop_the_run_with_the_repack_command(trainable, tmp_path):
+    from trainer.demo import _packed
+
+    root = tmp_path / "shards"
+    for name in ("cochlscene", "tau22"):
+        shutil.copytree(trainable / name, root / name)
+    assert _packed(root)
+    manifest = json.loads((root / "cochlscene" / "manifest.json").read_text())
+    del manifest["labels_extension"]
+    (root / "cochlscene" / "manifest.json").write_text(json.dumps(manifest))
+    cfg = load_config("cochl", train_overrides(root, tmp_path, "x"))
+    with pytest.raises(ConfigError, match=r"data.dataset=cochlscene: .*labels_extension .*re-pack"):
+        validate(cfg, 1)
+    assert not _packed(root)  # --demo re-packs its own corpus instead of failing

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from data_shards.manifest import MANIFEST, load_manifest
+from data_shards.manifest import MANIFEST, ManifestError, load_manifest
 
 from .data.loader import BACKENDS
 from .model.frontend import FrontendConfig
@@ -238,7 +238,10 @@ def validate(cfg: Config, world_size: int) -> dict:
         raise ConfigError(f"no packed dataset at {folder} (data.root={cfg.data.root}, data.dataset={cfg.data.dataset}); "
                           f"pack it with: python -m data_shards pack <cochlscene|tau22|csv> --root <raw folder> "
                           f"--out {cfg.data.root}   (or try the built-in demo: --demo)")
-    manifest = load_manifest(folder)
+    try:
+        manifest = load_manifest(folder)
+    except ManifestError as exc:
+        raise ConfigError(f"data.dataset={cfg.data.dataset}: {exc}") from None
     for key in ("train_split", "val_split", "test_split"):
         split = getattr(cfg.data, key)
         if split not in manifest["splits"]:

@@ -6,20 +6,29 @@ import os
 import time
 from pathlib import Path
 
-from data_shards.manifest import MANIFEST
+from data_shards.manifest import ManifestError, load_manifest
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("cochlscene", "tau22")
 
 
+def _packed(shards: Path) -> bool:
+    """Both demo datasets are there, packed by a data_shards whose manifest this one reads."""
+    try:
+        return all(load_manifest(shards / name) for name in DATASETS)
+    except ManifestError:
+        return False
+
+
 def ensure_demo_shards(shards: Path, *, timeout_s: float = 1800.0) -> None:
-    """Pack the demo corpus into `shards` (raw audio beside it, in `../raw`) unless it is there already.
+    """Pack the demo corpus into `shards` (raw audio beside it, in `../raw`) unless it is there already,
+    packed by a compatible version (an older pack is re-packed: the demo is generated, nothing is lost).
 
     Runs before the process group exists: rank 0 packs (publishing is atomic), the others wait for the
     manifests.
     """
-    ready = lambda: all((shards / name / MANIFEST).is_file() for name in DATASETS)  # noqa: E731
+    ready = lambda: _packed(shards)  # noqa: E731
     if ready():
         return
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
