@@ -4,6 +4,10 @@ side by side, written to benchmarks/results/gpu.md.
     python benchmarks/gpu.py --out benchmarks/results/gpu.md      # a lent GPU machine, after the wheels are staged
     python benchmarks/gpu.py --tiny --out /tmp/gpu_tiny.md        # any CPU: every section, tiny sizes (smoke test)
 
+Everything fits one 10-minute call except the compiled rows (torch.compile of PaSST-S takes ~2 min), which
+are skipped with a note when the budget runs out; a second call in the same lease adds them:
+    python benchmarks/gpu.py --sections compiled --append --out benchmarks/results/gpu.md
+
 Sections, in the order they run (each skipped with a note once `--budget` seconds would be exceeded):
   corpus     16k 1-s + 2k 10-s 44.1 kHz clips as WAV, packed as FLAC and as pcm16 (`gpu_corpus.py`)
   peak       the bf16 matmul ceiling of this device (8192^3), the denominator of every MFU
@@ -241,6 +245,8 @@ def write(b: Bench, out: Path) -> None:
             + "\n\n" + ("\n".join(checks) + "\n\n" if checks else "")
             + ("\n".join(f"- {n}" for n in b.notes) + "\n" if b.notes else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
+    if b.args.append and out.is_file():
+        text = b.previous + "\n" + text.replace("# GPU throughput", "## More rows: GPU throughput", 1)
     out.write_text(text)
 
 
@@ -299,7 +305,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=540.0, help="seconds; later sections are skipped past it")
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     ap.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--append", action="store_true", help="add this call's table to the --out file")
     b = Bench(ap.parse_args())
+    b.previous = b.args.out.read_text() if b.args.append and b.args.out.is_file() else ""
     if not b.tiny and b.device.type != "cuda":
         raise SystemExit("no CUDA device: run with --tiny on a CPU")
     with tempfile.TemporaryDirectory(dir=b.args.work) as tmp:
