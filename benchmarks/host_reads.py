@@ -90,8 +90,10 @@ def main() -> None:
         for (name, caller), n in sorted(calls.items()):
             print(f"@@ {n} {name} {caller}")
         return
-    commit = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    git = ["git", "-C", str(args.repo)]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout:
+        commit += " with uncommitted changes"
     sections = []
     for zero in args.zero:  # one process per stage: DeepSpeed keeps global state
         done = subprocess.run([sys.executable, __file__, "--repo", str(args.repo), "--one", str(zero)], cwd=REPO,
@@ -103,7 +105,7 @@ def main() -> None:
         rows = [f"| {n} | `{name}` | `{caller}` |" for n, name, caller in lines[1:]] or ["| 0 | - | - |"]
         sections.append(f"ZeRO {zero}: {steps} optimizer steps of {batches // steps} micro-batches\n\n"
                         "| calls | host read | caller |\n|---|---|---|\n" + "\n".join(rows))
-    text = (f"## Host reads of device values in one training epoch, `{args.repo.name}` at {commit}\n\n"
+    text = (f"## Host reads of device values in one training epoch: the trainer at {commit}\n\n"
             f"Counted {datetime.date.today().isoformat()} with `python benchmarks/host_reads.py "
             f"{' '.join(sys.argv[1:])}`.\n\n" + "\n\n".join(sections) + "\n")
     print(text)
