@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .audio import FORMATS
@@ -69,10 +70,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _scans(args) -> list[Scan]:
-    if args.source == "demo":
-        folders = demo.generate(args.root, seed=args.seed, size=demo.DemoSize().scaled(args.demo_scale))
-        log.info("demo corpus in %s", args.root)
-        return [cochlscene.scan(folders["cochlscene"], args.splits), tau22.scan(folders["tau22"], args.splits)]
     if args.source == "cochlscene":
         return [cochlscene.scan(args.root, args.splits)]
     if args.source == "tau22":
@@ -86,15 +83,19 @@ def _scans(args) -> list[Scan]:
 
 
 def _pack(args) -> int:
+    options = PackOptions(out=args.out, name=args.name, sample_rate=args.sample_rate, audio_format=args.audio_format,
+                          shard_bytes=args.shard_size, shard_samples=args.shard_samples, workers=args.workers,
+                          seed=args.seed, overwrite=args.overwrite, val_fraction=args.val_fraction)
+    if args.source == "demo":
+        folders = demo.generate(args.root, seed=args.seed, size=demo.DemoSize().scaled(args.demo_scale))
+        log.info("demo corpus in %s", args.root)
+        results = demo.pack_demo(folders, options, splits=args.splits, val_fraction=demo.VAL_FRACTION if args.val_fraction is None
+                                   else args.val_fraction)
+    else:
+        results = [pack(scan, replace(options, val_fraction=None if "val" in scan.splits else args.val_fraction))
+                   for scan in _scans(args)]
     rejected = 0
-    for scan in _scans(args):
-        fraction = args.val_fraction if args.val_fraction is not None else (0.25 if args.source == "demo" else None)
-        options = PackOptions(out=args.out, name=args.name if args.source != "demo" else None,
-                              sample_rate=args.sample_rate, audio_format=args.audio_format,
-                              shard_bytes=args.shard_size, shard_samples=args.shard_samples,
-                              workers=args.workers, seed=args.seed, overwrite=args.overwrite,
-                              val_fraction=fraction if "val" not in scan.splits else None)
-        result = pack(scan, options)
+    for result in results:
         rejected += len(result.rejected)
         counts = ", ".join(f"{s} {i['num_samples']}" for s, i in result.manifest["splits"].items())
         print(f"packed {result.folder}: {counts}; rejected {len(result.rejected)}"

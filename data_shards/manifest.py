@@ -6,7 +6,6 @@ they rely on and names the file and field when something is off.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -17,16 +16,6 @@ REQUIRED = ("packer_version", "classes", "devices", "sample_rate", "audio_format
 
 class ManifestError(Exception):
     """A dataset folder whose manifest is missing or malformed."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name beside `path`, then rename: readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 def load_manifest(folder: Path) -> dict:

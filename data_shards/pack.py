@@ -26,7 +26,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import PACKER_VERSION
 from .audio import FORMATS, Encoded, encode_job
-from .manifest import MANIFEST, REJECTED, write_atomic
+from .atomic import write_atomic
+from .manifest import MANIFEST, REJECTED
 from .records import Rejection, Scan, SourceFile, assign_keys, hold_out
 from .shards import LABELS_EXTENSION, ShardSink, labels_member, sample_json
 

@@ -31,6 +31,5 @@ def packed(demo_root, tmp_path_factory) -> dict[str, Path]:
 def trainable(demo_root, tmp_path_factory) -> Path:
     """Both demo datasets packed as the trainer expects them: TAU with a 'val' split held out of train."""
     out = tmp_path_factory.mktemp("train_shards")
-    pack(cochlscene.scan(demo_root["cochlscene"]), PackOptions(out=out, shard_samples=7, workers=2, seed=3))
-    pack(tau22.scan(demo_root["tau22"]), PackOptions(out=out, shard_samples=7, workers=2, seed=3, val_fraction=0.5))
+    demo.pack_demo(demo_root, PackOptions(out=out, shard_samples=7, workers=2, seed=3), val_fraction=0.5)
     return out

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
 from data_shards.manifest import ManifestError, load_manifest
+
+from .distributed import launcher_rank
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,15 @@ def ensure_demo_shards(shards: Path, *, timeout_s: float = 1800.0) -> None:
     ready = lambda: _packed(shards)  # noqa: E731
     if ready():
         return
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-        from data_shards.__main__ import main as data_shards_cli
+    if launcher_rank() == 0:
+        from data_shards.pack import PackOptions, default_workers
+        from data_shards.sources import demo
 
-        raw = shards.parent / "raw"
         log.info("packing the demo corpus into %s (first use)", shards)
-        code = data_shards_cli(["pack", "demo", "--root", str(raw), "--out", str(shards), "--overwrite"])
-        if code != 0 or not ready():
-            raise RuntimeError(f"packing the demo corpus into {shards} failed (exit {code}); try: make demo")
+        demo.pack_demo(demo.generate(shards.parent / "raw"),
+                       PackOptions(out=shards, workers=default_workers(), overwrite=True))
+        if not ready():
+            raise RuntimeError(f"packing the demo corpus into {shards} left no readable manifests; try: make demo")
         return
     deadline = time.monotonic() + timeout_s
     while not ready():

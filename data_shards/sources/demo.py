@@ -13,19 +13,21 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from ..pack import PackOptions, PackResult, pack
 from . import cochlscene, tau22
 
 COCHL_FOLDER = "CochlScene"
 TAU_FOLDER = "TAU-urban-acoustic-scenes-2022-mobile-development"
 IR_FOLDER = "MicIRP"
 _MARKER = ".demo-complete.json"
+VAL_FRACTION = 0.25  # the TAU demo has no validation split: this share of its train recordings becomes one
 _CITIES = ["barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna"]
 _TRAIN_DEVICES = ["b", "c", "s1", "s2", "s3"]
 _TEST_DEVICES = ["b", "c", "s1", "s2", "s3", "s4", "s5", "s6"]
@@ -209,3 +211,14 @@ def generate(root: Path, *, seed: int = 0, size: DemoSize = DemoSize()) -> dict[
     _write_impulse_responses(folders["impulse_responses"], np.random.default_rng(rng.integers(2**63)))
     marker.write_text(json.dumps(wanted))  # written last: a half-written corpus is regenerated
     return folders
+
+
+def pack_demo(folders: dict[str, Path], options: PackOptions, *, splits: list[str] | None = None,
+              val_fraction: float = VAL_FRACTION) -> list[PackResult]:
+    """Pack a generated corpus (`generate`'s folders) into `options.out`/{cochlscene,tau22}; a dataset without a
+    `val` split gets one: `val_fraction` of its train recordings, held out per class."""
+    results = []
+    for scan in (cochlscene.scan(folders["cochlscene"], splits), tau22.scan(folders["tau22"], splits)):
+        results.append(pack(scan, replace(options, name=None,
+                                          val_fraction=None if "val" in scan.splits else val_fraction)))
+    return results
