@@ -108,10 +108,12 @@ def measure_peak(b: Bench) -> None:
 
 def model_step(b: Bench, seconds: float, batch: int, compiled: bool) -> None:
     """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device."""
+    if b.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the previous section left cached
     torch.manual_seed(0)
     preset = PRESETS["sit44k"]
     samples = int(seconds * preset.sample_rate)
-    frontend = MelFrontend.from_config(preset).to(b.device).train()
+    frontend = MelFrontend(preset).to(b.device).train()
     mixstyle = FreqMixStyle(0.4, 0.4).train()
     model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
@@ -145,9 +147,6 @@ def model_step(b: Bench, seconds: float, batch: int, compiled: bool) -> None:
     b.add(section="model", what=f"model step, {'compiled' if compiled else 'eager'}", clips=f"{seconds:g} s",
           batch=batch, samples_s=rate, mfu=b.mfu(rate, frames),
           note=f"first step {first:.0f} s (compilation)" if compiled else "")
-    del model, optimizer
-    if b.device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool, work: Path) -> None:
@@ -184,7 +183,7 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
     precision = next((line.split("precision: ")[1].split(" | ")[0] for line in text.splitlines()
                       if "precision: " in line), "?")
     compile_note = next((line.split("model.compile: ")[1] for line in text.splitlines() if "model.compile: " in line), "")
-    frames = MelFrontend(44100).frames(int(seconds * 44100))
+    frames = MelFrontend(PRESETS["sit44k"]).frames(int(seconds * 44100))
     b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
           batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
           samples_s=rate, mfu=b.mfu(rate, frames), note=f"{precision}; {compile_note}".strip("; "))
@@ -194,7 +193,7 @@ def loader_rate(b: Bench, folder: Path, batch: int, backend: str, threads: int) 
     """Clips/s of one training epoch of the loader plus the mel front-end, after its first batches."""
     loader = make_loader(folder, "train", batch_size=batch, training=True, backend=backend, device=b.device.type,
                          num_workers=threads)
-    frontend = MelFrontend(44100).to(b.device).train()
+    frontend = MelFrontend(PRESETS["sit44k"]).to(b.device).train()
     batches = iter(loader)
     for _ in range(min(3, len(loader) - 1)):  # pipeline start-up and prefetch fill
         frontend(next(batches)["audio"])
@@ -274,7 +273,7 @@ def run(b: Bench, work: Path) -> None:
         r = reference_stack.measure(paths, labels, num_classes=10, sample_rate=44100, samples=44100,
                                     batch=8 if b.tiny else 256, workers=workers, steps=2 if b.tiny else 30,
                                     warmup=1 if b.tiny else 5, tiny=b.tiny, device=b.device)
-        frames = MelFrontend(44100).frames(44100)
+        frames = MelFrontend(PRESETS["sit44k"]).frames(44100)
         b.add(section="reference", what="reference stack, whole step", clips="1 s", batch=8 if b.tiny else 256,
               samples_s=r["whole"], mfu=b.mfu(r["whole"], frames), note=f"{r['workers']} DataLoader workers")
         b.add(section="reference", what="reference stack, model step", clips="1 s", batch=8 if b.tiny else 256,

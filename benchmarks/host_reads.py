@@ -17,7 +17,6 @@ import argparse
 import collections
 import datetime
 import os
-import socket
 import subprocess
 import sys
 import traceback
@@ -67,12 +66,6 @@ def count(repo: Path, zero: int, runs: Path) -> tuple[int, int, collections.Coun
     return trainer.train_loader.plan.steps, trainer.train_loader.plan.batches, calls
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=REPO, help="checkout whose trainer is counted")
@@ -81,7 +74,7 @@ def main() -> None:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: count one stage in this process
     args = ap.parse_args()
     if args.one is not None:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")  # MASTER_PORT: main()
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,9 +88,11 @@ def main() -> None:
     if subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout:
         commit += " with uncommitted changes"
     sections = []
+    from trainer.distributed import free_port  # this checkout's; the counting children import --repo's trainer
+
     for zero in args.zero:  # one process per stage: DeepSpeed keeps global state
         done = subprocess.run([sys.executable, __file__, "--repo", str(args.repo), "--one", str(zero)], cwd=REPO,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env={**os.environ, "MASTER_PORT": str(free_port())})
         lines = [line[3:].split(" ", 2) for line in done.stdout.splitlines() if line.startswith("@@ ")]
         if done.returncode != 0 or not lines:
             raise SystemExit(f"ZeRO {zero}: counting failed\n{done.stdout[-2000:]}{done.stderr[-3000:]}")

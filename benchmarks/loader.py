@@ -20,7 +20,7 @@ from machine import device_name
 from tabulate import tabulate
 
 from trainer.data import make_loader
-from trainer.model.frontend import MelFrontend
+from trainer.model.frontend import PRESETS, MelFrontend
 
 
 def clips_per_second(loader, frontend=None, device="cpu") -> float:
@@ -50,7 +50,7 @@ def main() -> None:
         for backend, device, workers in configs:
             loader = make_loader(folder, "train", batch_size=batch, training=True, backend=backend, device=device,
                                  num_workers=workers)
-            frontend = MelFrontend(44100).to(device).eval() if device == "cuda" else None
+            frontend = MelFrontend(PRESETS["sit44k"]).to(device).eval() if device == "cuda" else None
             clips_per_second(loader, frontend, device)  # warm-up epoch (pipeline build, worker start)
             rates = [clips_per_second(loader, frontend, device) for _ in range(args.repeats)]
             name = f"{backend}-{'gpu + mel' if device == 'cuda' else 'cpu'}"

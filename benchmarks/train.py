@@ -64,7 +64,7 @@ def main() -> None:
     args.micro_batch = args.micro_batch or args.global_batch // args.ranks
     ensure_demo_shards(REPO / "data" / "demo" / "shards")
     cfg = load_config("cochl", [f"model.name={args.model}"], demo=True)
-    frames = MelFrontend.from_config(cfg.frontend).frames(int(args.clip_seconds * cfg.frontend.sample_rate))
+    frames = MelFrontend(cfg.frontend).frames(int(args.clip_seconds * cfg.frontend.sample_rate))
     model = create_model(args.model, 13, s_patchout_f=cfg.model.s_patchout_f)
     train_flops = 3 * flops_per_sample(model.config, min(frames, model.config.window_frames), training=True)
     device = torch.device("cuda" if gpus else "cpu")

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from tabulate import tabulate
 
-from trainer.config import ConfigError
+from trainer.configtools import ConfigError
 from trainer.continual.config import load_continual_config
 from trainer.continual.data import DataError
 from trainer.continual.runner import run_and_save

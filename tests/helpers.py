@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 from data_shards.manifest import load_manifest
 from data_shards.shards import iter_samples
 from data_shards.sources import demo
+from trainer.distributed import free_port  # noqa: F401 (the tests' port helper)
 
 # Small but complete: every split, every TAU device group, 10-s CochlScene clips.
 TINY = demo.DemoSize(cochl_train=2, cochl_val=1, cochl_test=1, tau_train_recordings=2,
@@ -32,12 +32,6 @@ def read_split(folder: Path, split: str) -> list[tuple[str, dict, bytes]]:
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "launch" / "train.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_overrides(shards: Path, runs: Path, name: str, dataset: str = "cochlscene", **extra) -> list[str]:

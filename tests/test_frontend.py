@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from trainer.model.frontend import PRESETS, MelFrontend, fft_bin_mels, kaldi_mel_banks
+from trainer.model.frontend import PRESETS, FrontendConfig, MelFrontend, fft_bin_mels, kaldi_mel_banks
 
 
 def _numpy_logmel(wave: np.ndarray, sr: int, fmin: float, fmax: float, n_mels=128, n_fft=1024, win=800,
@@ -41,7 +41,7 @@ def test_eval_output_matches_numpy(preset, fmax):
     rng = np.random.default_rng(0)
     wave = rng.standard_normal((2, cfg.sample_rate)) * 0.1
     wave[1] *= np.linspace(0, 1, cfg.sample_rate)  # a quiet onset: small energies in the log too
-    frontend = MelFrontend.from_config(cfg).eval()
+    frontend = MelFrontend(cfg).eval()
     out = frontend(torch.from_numpy(wave).float()).numpy()
     ref = _numpy_logmel(wave.astype(np.float32).astype(np.float64), cfg.sample_rate, 0.0, fmax)
     assert out.shape == ref.shape == (2, 1, 128, frontend.frames(cfg.sample_rate))
@@ -49,18 +49,18 @@ def test_eval_output_matches_numpy(preset, fmax):
 
 
 def test_frame_counts():
-    assert MelFrontend(44100).frames(44100) == 138
-    assert MelFrontend(32000).frames(32000) == 100
-    assert MelFrontend(44100).frames(441000) == 1379
+    assert MelFrontend(FrontendConfig(44100)).frames(44100) == 138
+    assert MelFrontend(FrontendConfig(32000)).frames(32000) == 100
+    assert MelFrontend(FrontendConfig(44100)).frames(441000) == 1379
 
 
 def test_training_masks_are_per_sample():
     torch.manual_seed(0)
-    frontend = MelFrontend(32000, freqm=48, timem=40, fmax_aug_range=1).train()
+    frontend = MelFrontend(FrontendConfig(32000, freqm=48, timem=40, fmax_aug_range=1)).train()
     wave = torch.randn(1, 32000).repeat(8, 1) * 0.1
     out = frontend(wave)
     masked = out == 0.9  # mask value 0 before (x + 4.5) / 5
-    clean = MelFrontend(32000, fmax_aug_range=1).eval()(wave)
+    clean = MelFrontend(FrontendConfig(32000, fmax_aug_range=1)).eval()(wave)
     torch.testing.assert_close(out[~masked], clean[~masked])
     patterns = {tuple(m.flatten().nonzero().flatten().tolist()) for m in masked}
     assert len(patterns) > 4, "each sample must get its own masks"
@@ -74,13 +74,13 @@ def test_training_masks_are_per_sample():
 
 def test_fmin_fmax_jitter_only_in_training():
     wave = torch.randn(2, 32000) * 0.1
-    jitter = MelFrontend(32000, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000)
+    jitter = MelFrontend(FrontendConfig(32000, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000))
     torch.manual_seed(1)
     a = jitter.train()(wave)
     b = jitter(wave)
     assert not torch.equal(a, b)
     assert torch.equal(jitter.eval()(wave), jitter(wave))
-    still = MelFrontend(32000, freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1)
+    still = MelFrontend(FrontendConfig(32000, freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1))
     torch.testing.assert_close(still.train()(wave), still.eval()(wave))
 
 
@@ -111,7 +111,7 @@ def test_banks_are_vectorised_over_band_edges():
 def test_training_output_uses_the_drawn_band_edges():
     """Masks off: a training batch equals the NumPy log-mel with the Kaldi banks of the edges the module drew."""
     rate = 32000
-    frontend = MelFrontend(rate, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000).train()
+    frontend = MelFrontend(FrontendConfig(rate, freqm=0, timem=0, fmin_aug_range=10, fmax_aug_range=2000)).train()
     wave = torch.randn(2, rate) * 0.1
     for seed in range(3):
         torch.manual_seed(seed)
@@ -125,13 +125,13 @@ def test_training_output_uses_the_drawn_band_edges():
 
 def test_band_edges_beyond_nyquist_are_a_config_error():
     with pytest.raises(ValueError, match="frontend.fmin / fmax"):
-        MelFrontend(32000, fmax=16000, fmax_aug_range=1000)
+        MelFrontend(FrontendConfig(32000, fmax=16000, fmax_aug_range=1000))
     with pytest.raises(ValueError, match="0 <= fmin < fmax"):
-        MelFrontend(32000, fmin=16500)
+        MelFrontend(FrontendConfig(32000, fmin=16500))
 
 
 def test_fp32_inside_autocast():
-    frontend = MelFrontend(44100).eval()
+    frontend = MelFrontend(FrontendConfig(44100)).eval()
     wave = torch.randn(2, 44100) * 0.1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = frontend(wave.bfloat16())
@@ -141,14 +141,14 @@ def test_fp32_inside_autocast():
 
 def test_bad_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"\[batch, samples\]"):
-        MelFrontend(32000)(torch.randn(32000))
+        MelFrontend(FrontendConfig(32000))(torch.randn(32000))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_matches_cpu():
     wave = torch.randn(4, 44100) * 0.1
-    frontend = MelFrontend(44100).eval()
+    frontend = MelFrontend(FrontendConfig(44100)).eval()
     cpu = frontend(wave)
     gpu = frontend.cuda()(wave.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-4)

@@ -229,7 +229,7 @@ def test_a_corrupt_sample_is_an_error_naming_shard_and_key(packed, tmp_path, bac
 
 
 def test_bad_arguments_fail_fast(packed):
-    with pytest.raises(ValueError, match="no split 'nope'"):
+    with pytest.raises(ValueError, match="split='nope': .*tau22 has splits train, test, split5"):
         make_loader(packed["tau22"], "nope", batch_size=2, training=False)
     with pytest.raises(ValueError, match="backend must be one of"):
         make_loader(packed["tau22"], "test", batch_size=2, training=False, backend="tf")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.model.frontend import MelFrontend
+from trainer.model.frontend import FrontendConfig, MelFrontend
 from trainer.model.passt import (PaSST, PaSSTConfig, count_parameters, flops_per_sample, load_pretrained,
                                  passt_micro, passt_mini, passt_s)
 
@@ -152,7 +152,7 @@ def test_short_clips_use_a_random_time_slice_in_training_and_the_first_in_eval()
 
 @pytest.mark.parametrize("rate,seconds,patches", [(32000, 1, 9), (44100, 1, 13), (32000, 10, 99), (44100, 10, 137)])
 def test_clip_lengths_at_both_rates_run(rate, seconds, patches):
-    frontend = MelFrontend(rate).eval()
+    frontend = MelFrontend(FrontendConfig(rate)).eval()
     mel = frontend(torch.randn(2, rate * seconds) * 0.1)
     model = passt_micro(10, s_patchout_f=6)
     assert model.config.time_patches(mel.shape[-1]) == patches

@@ -106,6 +106,17 @@ def test_bf16_autocast_runs_inside_the_engine(one_rank, trainable, tmp_path, mon
     assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
 
 
+def test_setup_reads_the_manifest_once(one_rank, trainable, tmp_path, monkeypatch):
+    """The config checks and the three loaders share one manifest load (the data layer owns the checks)."""
+    import data_shards.manifest as manifest
+
+    loads = []
+    real = manifest.load_manifest
+    monkeypatch.setattr("trainer.data.dataset.load_manifest", lambda folder: loads.append(folder) or real(folder))
+    trainer = _trainer(trainable, tmp_path, "once")
+    assert loads == [trainable / "cochlscene"] and len(trainer.val_loader) > 0
+
+
 def test_fp32_runs_without_autocast(one_rank, trainable, tmp_path):
     trainer = _trainer(trainable, tmp_path, "fp32", train__precision="fp32")
     assert not trainer.engine.torch_autocast_enabled()

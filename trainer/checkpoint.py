@@ -8,6 +8,7 @@ written before DeepSpeed updates `latest`, so a tag named there is complete.
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import shutil
 import signal
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from data_shards.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,15 @@ def tag_name(epoch: int, global_step: int) -> str:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The RNG states as tensors, numbers and lists only, so that `torch.load(weights_only=True)` reads them back
+    (a run folder is data: resuming from it must not unpickle arbitrary objects)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(gauss)},
+             "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -34,8 +45,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -64,7 +77,11 @@ def load(engine, root: Path, rank: int) -> dict | None:
         raise RuntimeError(f"could not load checkpoint {root / tag}; remove {root / LATEST} to start over")
     rng_file = root / tag / f"rng_rank{rank:05d}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        try:
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        except pickle.UnpicklingError as exc:
+            raise RuntimeError(f"{rng_file} is not a plain RNG state (it holds other objects, which are never "
+                               f"unpickled); remove {root / LATEST} to start over ({str(exc).splitlines()[0]})") from None
     else:
         log.warning("%s has no RNG state for rank %d (saved with another number of ranks?)", root / tag, rank)
     return client_state
@@ -80,9 +97,8 @@ def prune(root: Path, keep: int) -> None:
 def export_model(module: torch.nn.Module, path: Path, classes: list[str], config: dict) -> Path:
     """The hand-off file: fp32 state dict (official key names), class list and the resolved config."""
     state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"state_dict": state, "classes": list(classes), "config": config}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "classes": list(classes), "config": config}, tmp)
     return path
 
 

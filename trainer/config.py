@@ -9,25 +9,21 @@ this object (`deepspeed_config`), never written by hand.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
-from data_shards.manifest import MANIFEST, ManifestError, load_manifest
-
+from .configtools import ConfigError, merge_layers
+from .data.dataset import DatasetError, check_request, open_dataset
+from .data.epoch import plan_epoch
 from .data.loader import BACKENDS
 from .model.frontend import FrontendConfig
-from .model.passt import MODELS
+from .model.passt import MODELS, PaSSTConfig
 from .sit import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SELECT_METRICS = {"accuracy": 1.0, "macro_accuracy": 1.0, "log_loss": -1.0}  # +1: higher is better
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; the message names the key to change."""
 
 
 @dataclass
@@ -51,14 +47,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture choice and its training-time switches."""
+    """Architecture choice and its training-time switches (defaults: PaSSTConfig's; the stage YAMLs set the recipe's)."""
 
     name: str = "passt_s"  # passt_s | passt_tiny | passt_mini | passt_micro
-    s_patchout_t: int = 0  # time columns dropped per batch in training
-    s_patchout_f: int = 6  # frequency rows dropped per batch in training
-    attention: str = "sdpa"  # sdpa | plain
-    checkpoint_activations: bool = False  # recompute block activations in backward (saves memory)
+    s_patchout_t: int = PaSSTConfig.s_patchout_t  # time columns dropped per batch in training
+    s_patchout_f: int = PaSSTConfig.s_patchout_f  # frequency rows dropped per batch in training
+    attention: str = PaSSTConfig.attention  # sdpa | plain
+    checkpoint_activations: bool = PaSSTConfig.checkpoint_activations  # recompute block activations in backward
     compile: bool = False  # torch.compile the model (one graph; the first steps compile, ~2 min for passt_s)
+
+    def passt_settings(self) -> dict:
+        """The PaSSTConfig fields this config sets (every field but `name` and `compile`)."""
+        return {f.name: getattr(self, f.name) for f in fields(PaSSTConfig) if hasattr(self, f.name)}
 
 
 @dataclass
@@ -157,33 +157,6 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
     return merge_layers(Config, layers, {"stage": stage}, overrides, example="train.epochs=5")
 
 
-def merge_layers(schema: type, files: list[Path], fixed: dict, overrides: list[str], *, example: str):
-    """schema defaults <- YAML files <- fixed values <- `key=value` overrides, as a typed object.
-
-    Unknown keys and values of the wrong type become a ConfigError naming the full key."""
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value (e.g. {example}), got: {' '.join(bad)}")
-    try:
-        merged = OmegaConf.structured(schema)
-        for path in files:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        return OmegaConf.to_object(OmegaConf.merge(merged, fixed, OmegaConf.from_dotlist(list(overrides))))
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None)
-        message = str(exc).splitlines()[0]
-        raise ConfigError(f"config key {key!r}: {message}" if key else f"config: {message}") from None
-
-
-def to_dict(cfg) -> dict:
-    """Any typed config (stage or continual) as plain containers."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
-
-
-def to_yaml(cfg) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
 def gradient_accumulation(cfg: Config, world_size: int) -> int:
     per_step = cfg.train.micro_batch * world_size
     if cfg.train.global_batch % per_step:
@@ -220,9 +193,7 @@ def validate(cfg: Config, world_size: int) -> dict:
         raise ConfigError("augment.dir_prob and augment.mixstyle_p are probabilities in [0, 1]")
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0 (or null for one per CPU), got {cfg.data.num_workers}")
-    if cfg.data.clip_seconds is None:
-        raise ConfigError("data.clip_seconds must be set for training (the crop length)")
-    gradient_accumulation(cfg, world_size)
+    accumulation = gradient_accumulation(cfg, world_size)
     if cfg.data.val_split == cfg.data.test_split:
         raise ConfigError(f"data.val_split and data.test_split are both {cfg.data.test_split!r}: choose the best "
                           "epoch on a split disjoint from test (pack one with --val-fraction)")
@@ -233,27 +204,28 @@ def validate(cfg: Config, world_size: int) -> dict:
     if cfg.augment.dir_prob > 0 and not (cfg.augment.dir_folder and Path(cfg.augment.dir_folder).is_dir()):
         raise ConfigError(f"augment.dir_prob={cfg.augment.dir_prob} needs augment.dir_folder (the MicIRP impulse "
                           f"responses), got {cfg.augment.dir_folder!r}; or set augment.dir_prob=0")
-    folder = cfg.data.folder
-    if not (folder / MANIFEST).is_file():
-        raise ConfigError(f"no packed dataset at {folder} (data.root={cfg.data.root}, data.dataset={cfg.data.dataset}); "
-                          f"pack it with: python -m data_shards pack <cochlscene|tau22|csv> --root <raw folder> "
-                          f"--out {cfg.data.root}   (or try the built-in demo: --demo)")
+    # The dataset's own checks (data layer), worded with the config keys to change.
+    folder, key = cfg.data.folder, "data.train_split"
     try:
-        manifest = load_manifest(folder)
-    except ManifestError as exc:
-        raise ConfigError(f"data.dataset={cfg.data.dataset}: {exc}") from None
-    for key in ("train_split", "val_split", "test_split"):
-        split = getattr(cfg.data, key)
-        if split not in manifest["splits"]:
-            hint = " (pack with --val-fraction to hold out a validation split)" if key == "val_split" else ""
-            raise ConfigError(f"data.{key}={split!r}: {folder} has splits {', '.join(manifest['splits'])}{hint}")
-    if cfg.augment.dir_prob > 0 and "a" not in manifest["devices"]:
-        raise ConfigError(f"augment.dir_prob={cfg.augment.dir_prob}: {cfg.data.dataset} has no device-a clips to "
-                          "convolve; set augment.dir_prob=0")
+        manifest = open_dataset(folder)
+        for key, split, training in (("data.train_split", cfg.data.train_split, True),
+                                     ("data.val_split", cfg.data.val_split, False),
+                                     ("data.test_split", cfg.data.test_split, False)):
+            check_request(folder, manifest, split, training=training, clip_seconds=cfg.data.clip_seconds,
+                          dir_prob=cfg.augment.dir_prob if training else 0.0)
+    except DatasetError as exc:
+        if exc.setting == "shards":
+            raise ConfigError(f"data.root={cfg.data.root}, data.dataset={cfg.data.dataset}: {exc.problem} "
+                              "(or try the built-in demo: --demo)") from None
+        raise ConfigError(exc.named({"split": key, "clip_seconds": "data.clip_seconds",
+                                     "dir_prob": "augment.dir_prob"}[exc.setting])) from None
     samples = manifest["splits"][cfg.data.train_split]["num_samples"]
-    if samples // world_size < cfg.train.global_batch // world_size:
+    try:
+        plan_epoch(samples, cfg.train.micro_batch, world_size=world_size, training=True, accumulation=accumulation)
+    except ValueError:
         raise ConfigError(f"data.train_split={cfg.data.train_split!r} has {samples} samples: less than one step of "
-                          f"train.global_batch={cfg.train.global_batch}; lower train.global_batch")
+                          f"train.global_batch={cfg.train.global_batch} on {world_size} rank(s); lower "
+                          "train.global_batch") from None
     return manifest
 
 

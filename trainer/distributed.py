@@ -33,10 +33,17 @@ class Dist:
         return "nccl" if self.device.type == "cuda" else "gloo"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launcher_rank(env=os.environ) -> int:
+    """This process's rank as the launcher set it (torchrun / deepspeed: RANK; srun: SLURM_PROCID), before any
+    process group exists; 0 for a plain `python` run."""
+    return int(env.get("RANK", env.get("SLURM_PROCID", "0")))
 
 
 def launcher_environment(env: dict[str, str]) -> dict[str, str]:
@@ -50,7 +57,7 @@ def launcher_environment(env: dict[str, str]) -> dict[str, str]:
         return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": env["SLURM_NTASKS"],
                 "LOCAL_RANK": env.get("SLURM_LOCALID", "0")}
     return {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": env.get("MASTER_ADDR", "127.0.0.1"),
-            "MASTER_PORT": env.get("MASTER_PORT", str(_free_port()))}
+            "MASTER_PORT": env.get("MASTER_PORT", str(free_port()))}
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -86,19 +93,6 @@ def local_world_size() -> int:
         if value.isdigit():
             return int(value)
     return 1
-
-
-def all_mean(values: torch.Tensor) -> torch.Tensor:
-    out = values.clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
-
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is True on any (e.g. a pre-emption signal reached only some ranks)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def gather_cat(tensor: torch.Tensor) -> torch.Tensor:

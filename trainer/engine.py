@@ -2,7 +2,7 @@
 
 `Trainer(cfg).fit()` sets up in the order of the recipe (processes -> config checks -> run folder ->
 loaders -> model -> optimizer and schedule -> DeepSpeed -> resume), trains epoch by epoch with
-validation and model selection, evaluates the best model on the test split and writes `summary.json`.
+validation and model selection and evaluates the best model on the test split; `report` writes the results.
 Mixed precision is torch autocast over fp32 master weights (the reference recipe's AMP), applied by the
 DeepSpeed engine itself (`torch_autocast` in the generated JSON), so `model.pt` is exactly the trained
 fp32 weights whatever the ZeRO stage.  A training step never waits for the device: losses and the
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,11 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tabulate import tabulate
 from tqdm import tqdm
 
-from . import checkpoint, distributed
-from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, to_dict, to_yaml, validate
+from . import checkpoint, distributed, report
+from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, validate
+from .configtools import to_dict, to_yaml
 from .data import make_loader
 from .data.augment import FreqMixStyle
 from .data.loader import default_workers
@@ -33,14 +32,13 @@ from .metrics import classification_metrics
 from .model.frontend import MelFrontend
 from .model.passt import count_parameters, create_model, load_pretrained
 from .monitor import StepMonitor
-from .plots import confusion_png
 from .runlog import RunLog
 from .sit import exp_warmup_linear_down, param_groups
 
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM / SIGUSR1; run again (resume=auto) to continue
-SUMMARY, MODEL = "summary.json", "model.pt"
+MODEL = "model.pt"
 
 
 @dataclass
@@ -58,9 +56,7 @@ class Progress:
 
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     """PaSST for `num_classes`, from `init_from` when given: backbone kept, classifier heads new (SIT stage rule)."""
-    m = cfg.model
-    model = create_model(m.name, num_classes, s_patchout_t=m.s_patchout_t, s_patchout_f=m.s_patchout_f,
-                         attention=m.attention, checkpoint_activations=m.checkpoint_activations)
+    model = create_model(cfg.model.name, num_classes, **cfg.model.passt_settings())
     if cfg.init_from:
         load_pretrained(model, cfg.init_from)  # another class count: head.1 / head_dist re-initialised
         if cfg.reinit_heads:
@@ -94,8 +90,8 @@ class Trainer:
         # Processes: one per GPU (or CPU rank), whichever launcher started us.
         self.dist = d = distributed.setup(cfg.train.device)
         # Config against the files and the world size, before any heavy work.
-        manifest = validate(cfg, d.world_size)
-        self.classes, self.device_names = manifest["classes"], manifest["devices"]
+        self.manifest = validate(cfg, d.world_size)  # loaded once; the loaders reuse it
+        self.classes, self.device_names = self.manifest["classes"], self.manifest["devices"]
         self.accumulation = gradient_accumulation(cfg, d.world_size)
         # Run folder: one name for all ranks; resolved config and DeepSpeed JSON beside the checkpoints.
         self.run_dir = self._run_folder()
@@ -105,7 +101,7 @@ class Trainer:
         # Model: PaSST from the previous stage (backbone kept, heads new), mel front-end and MixStyle.
         checkpoint.seed_everything(cfg.train.seed)  # identical initial weights on every rank
         model = build_model(cfg, len(self.classes)).to(d.device)
-        self.frontend = MelFrontend.from_config(cfg.frontend).to(d.device)
+        self.frontend = MelFrontend(cfg.frontend).to(d.device)
         self.mixstyle = FreqMixStyle(cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha)
         if cfg.model.compile:  # the model's forward as one graph (a graph break is an error), compiled at its first
             # call; not DeepSpeed's engine.compile, which would trace the engine's forward hooks into the graph too
@@ -168,7 +164,7 @@ class Trainer:
             self.num_workers = default_workers(distributed.local_world_size())
         common = dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
                       sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds, seed=cfg.train.seed,
-                      num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer)
+                      num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, manifest=self.manifest)
         self.train_loader = make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch,
                                         training=True, accumulation=self.accumulation, roll=cfg.augment.roll,
                                         dir_prob=cfg.augment.dir_prob, dir_folder=cfg.augment.dir_folder,
@@ -311,50 +307,8 @@ class Trainer:
         self.engine.module.load_state_dict(best["state_dict"])
         test = self.evaluate(self.test_loader)
         if d.is_main:
-            summary = {"stage": cfg.stage, "run_dir": str(self.run_dir), "method": cfg.optim.method,
-                       "dataset": cfg.data.dataset, "train_split": cfg.data.train_split,
-                       "val_split": cfg.data.val_split, "test_split": cfg.data.test_split,
-                       "select_metric": cfg.train.select_metric, "best_epoch": p.best_epoch, "epochs": cfg.train.epochs,
-                       "global_steps": p.global_step, "world_size": d.world_size,
-                       "global_batch": cfg.train.global_batch, "classes": self.classes, "val": p.best_val,
-                       "test": test}
-            tmp = self.run_dir / f".{SUMMARY}.tmp"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            tmp.replace(self.run_dir / SUMMARY)
-            for split, metrics in (("val", p.best_val), ("test", test)):
-                confusion_png(metrics["confusion"], self.classes, self.run_dir / f"confusion_{split}.png",
-                              f"{cfg.stage} {split} ({getattr(cfg.data, split + '_split')}), "
-                              f"accuracy {metrics['accuracy']:.3f}")
-            _point_latest(self.run_dir)
-            print(results_table(p.best_val, test), flush=True)
-            print(f"run directory: {self.run_dir}", flush=True)
+            report.write(self.run_dir, cfg, p.best_epoch, p.global_step, p.best_val, test, self.classes, d.world_size)
 
     def close(self) -> None:
         if hasattr(self, "runlog"):
             self.runlog.close()
-
-
-def _point_latest(run_dir: Path) -> None:
-    """runs/<stage>/latest -> the newest finished run (what the next stage's init_from names by default)."""
-    link = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    tmp.replace(link)
-
-
-def results_table(val: dict, test: dict) -> str:
-    """The final metrics, validation (best epoch) next to test."""
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.2f}"
-
-    rows = [["accuracy %", pct(val["accuracy"]), pct(test["accuracy"])],
-            ["macro class accuracy %", pct(val["macro_accuracy"]), pct(test["macro_accuracy"])],
-            ["log loss", f"{val['log_loss']:.4f}", f"{test['log_loss']:.4f}"]]
-    for group in ("real", "seen", "unseen"):
-        if group in val["device_groups"] or group in test["device_groups"]:
-            rows.append([f"devices {group} %", pct(val["device_groups"].get(group)),
-                         pct(test["device_groups"].get(group))])
-    rows += [[f"class {name} %", pct(val["per_class"][name]), pct(test["per_class"][name])] for name in val["per_class"]]
-    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"],
-                    disable_numparse=True, colalign=("left", "right", "right"))

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_shards.atomic import atomic_path
+
 
 def heatmap_png(matrix, path: Path, *, rows: list[str], cols: list[str], title: str, xlabel: str, ylabel: str,
                 fmt: str = "{:d}", normalise_rows: bool = False) -> Path:
@@ -36,10 +38,9 @@ def heatmap_png(matrix, path: Path, *, rows: list[str], cols: list[str], title: 
                     color="white" if shade[i, j] > threshold else "black")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from ..config import ConfigError, merge_layers
+from ..configtools import ConfigError, merge_layers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "continual"
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-CODES = 128
+from .data import CODES
 
 
 class MainNet(nn.Module):

@@ -18,9 +18,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from data_shards.atomic import atomic_path
+
 from ..distributed import resolve_device
 from ..plots import heatmap_png
-from ..config import to_yaml
+from ..configtools import to_yaml
 from .config import ContinualConfig
 from .data import Task, load_pickle, make_tasks, synthetic
 from .methods import METHODS, Method
@@ -184,7 +186,6 @@ def run_and_save(cfg: ContinualConfig, tasks: list[Task] | None = None) -> Path:
                 not runner.method.joint else ["joint"], cols=labels, fmt="{:.0f}",
                 title=f"{cfg.run}: during {summary['during_accuracy']:.1f}%, final {summary['final_accuracy']:.1f}%",
                 xlabel="tested on task", ylabel="trained through")
-    tmp = folder / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(folder / "summary.json")
+    with atomic_path(folder / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
     return folder

@@ -14,9 +14,8 @@ from typing import Iterator
 
 import torch
 
-from data_shards.manifest import load_manifest
-
 from .augment import WaveAugment, load_impulse_responses
+from .dataset import check_request, open_dataset
 from .epoch import EpochPlan, plan_epoch
 
 BACKENDS = ("dali", "torch")
@@ -37,9 +36,6 @@ class Loader:
 
     def __len__(self) -> int:
         return self.plan.batches
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -80,7 +76,7 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
                 device: str = "cpu", rank: int = 0, world_size: int = 1, sample_rate: int | None = None,
                 clip_seconds: float | None | str = "auto", roll: int = 0, dir_prob: float = 0.0,
                 dir_folder: str | Path | None = None, gain_db: float = 0.0, seed: int = 0, num_workers: int | None = None,
-                shuffle_buffer: int = 1024, accumulation: int = 1) -> Loader:
+                shuffle_buffer: int = 1024, accumulation: int = 1, manifest: dict | None = None) -> Loader:
     """A loader of `split` of the packed dataset in `shards` (the folder holding manifest.json).
 
     sample_rate: output rate (default: the shards'); clip_seconds: crop / pad length ("auto": the
@@ -89,17 +85,15 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
     a random impulse response from `dir_folder`; gain_db: uniform gain in [-gain_db, gain_db] dB.
     Augmentations act only in training.  accumulation: training epochs hold whole optimizer steps of this
     many batches.  num_workers: DALI CPU threads or DataLoader workers (None: `default_workers()`).
+    manifest: the dataset's manifest when the caller has loaded it already (`dataset.open_dataset`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     folder = Path(shards)
-    manifest = load_manifest(folder)
-    if split not in manifest["splits"]:
-        raise ValueError(f"{folder}: no split {split!r} (splits: {', '.join(manifest['splits'])})")
-    rate = sample_rate or manifest["sample_rate"]
+    manifest = manifest or open_dataset(folder)
     seconds = manifest.get("clip_seconds") if clip_seconds == "auto" else clip_seconds
-    if training and seconds is None:
-        raise ValueError("training needs a fixed clip length: set clip_seconds")
+    check_request(folder, manifest, split, training=training, clip_seconds=seconds, dir_prob=dir_prob)
+    rate = sample_rate or manifest["sample_rate"]
     crop = None if seconds is None else int(round(seconds * rate))
     plan = plan_epoch(manifest["splits"][split]["num_samples"], batch_size, rank=rank, world_size=world_size,
                       training=training, accumulation=accumulation)
@@ -117,9 +111,6 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
                              num_workers=num_workers)
     irs, dir_device = None, -1
     if dir_prob > 0:
-        if "a" not in manifest["devices"]:
-            raise ValueError(f"dir_prob={dir_prob}: {folder} has no device-a clips to convolve with impulse "
-                             "responses; set dir_prob=0")
         irs = load_impulse_responses(dir_folder or "", rate)
         dir_device = manifest["devices"].index("a")
     augment = WaveAugment(roll, dir_prob, irs, dir_device, gain_db).to(torch_device).train(training)

@@ -105,10 +105,9 @@ def check_band_edges(cfg: FrontendConfig) -> None:
 class MelFrontend(nn.Module):
     """Waveforms [B, L] -> normalised log-mel [B, 1, n_mels, frames]; augmentation only in training."""
 
-    def __init__(self, sample_rate: int = 32000, **settings):
+    def __init__(self, config: FrontendConfig = FrontendConfig()):
         super().__init__()
-        self.config = FrontendConfig(sample_rate=sample_rate, **settings)
-        c = self.config
+        self.config = c = config
         if c.fmin_aug_range < 1 or c.fmax_aug_range < 1:
             raise ValueError("fmin_aug_range and fmax_aug_range must be >= 1 (1 means no jitter)")
         check_band_edges(c)
@@ -116,11 +115,6 @@ class MelFrontend(nn.Module):
         self.register_buffer("fft_mels", fft_bin_mels(c.n_fft, float(c.sample_rate)), persistent=False)
         self.register_buffer("eval_banks", self.banks(torch.tensor(c.fmin), torch.tensor(c.eval_fmax)),
                              persistent=False)
-
-    @classmethod
-    def from_config(cls, config: FrontendConfig) -> "MelFrontend":
-        fields = {k: v for k, v in config.__dict__.items() if k != "sample_rate"}
-        return cls(config.sample_rate, **fields)
 
     def frames(self, samples: int) -> int:
         """Output frames for a clip of `samples` (pre-emphasis drops one sample; the STFT is centred)."""

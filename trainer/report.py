@@ -1,0 +1,63 @@
+"""What a finished run leaves for people and for the next stage: `summary.json`, the confusion matrices as PNG,
+the results table on stdout and the `runs/<stage>/latest` link (the next stage's default `init_from`).
+
+The trainer trains and evaluates; this module only writes down what it found (rank 0, once per run).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tabulate import tabulate
+
+from data_shards.atomic import atomic_path
+
+from .config import Config
+from .plots import confusion_png
+
+SUMMARY = "summary.json"
+
+
+def write(run_dir: Path, cfg: Config, best_epoch: int, global_steps: int, val: dict, test: dict, classes: list[str],
+          world_size: int) -> None:
+    """summary.json, confusion_{val,test}.png, the `latest` link, and the results table printed."""
+    summary = {"stage": cfg.stage, "run_dir": str(run_dir), "method": cfg.optim.method, "dataset": cfg.data.dataset,
+               "train_split": cfg.data.train_split, "val_split": cfg.data.val_split, "test_split": cfg.data.test_split,
+               "select_metric": cfg.train.select_metric, "best_epoch": best_epoch, "epochs": cfg.train.epochs,
+               "global_steps": global_steps, "world_size": world_size, "global_batch": cfg.train.global_batch,
+               "classes": classes, "val": val, "test": test}
+    with atomic_path(run_dir / SUMMARY) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    for split, metrics in (("val", val), ("test", test)):
+        confusion_png(metrics["confusion"], classes, run_dir / f"confusion_{split}.png",
+                      f"{cfg.stage} {split} ({getattr(cfg.data, split + '_split')}), accuracy {metrics['accuracy']:.3f}")
+    point_latest(run_dir)
+    print(results_table(val, test), flush=True)
+    print(f"run directory: {run_dir}", flush=True)
+
+
+def point_latest(run_dir: Path) -> None:
+    """runs/<stage>/latest -> the newest finished run (what the next stage's init_from names by default)."""
+    link = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(link)
+
+
+def results_table(val: dict, test: dict) -> str:
+    """The final metrics, validation (best epoch) next to test."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    rows = [["accuracy %", pct(val["accuracy"]), pct(test["accuracy"])],
+            ["macro class accuracy %", pct(val["macro_accuracy"]), pct(test["macro_accuracy"])],
+            ["log loss", f"{val['log_loss']:.4f}", f"{test['log_loss']:.4f}"]]
+    for group in ("real", "seen", "unseen"):
+        if group in val["device_groups"] or group in test["device_groups"]:
+            rows.append([f"devices {group} %", pct(val["device_groups"].get(group)),
+                         pct(test["device_groups"].get(group))])
+    rows += [[f"class {name} %", pct(val["per_class"][name]), pct(test["per_class"][name])] for name in val["per_class"]]
+    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"],
+                    disable_numparse=True, colalign=("left", "right", "right"))
