@@ -11,7 +11,6 @@ Exit status: 0 done, 2 bad configuration, 75 checkpointed after a pre-emption si
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -32,9 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    rank = distributed.launcher_rank()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    distributed.setup_logging()
     trainer = None
     try:
         cfg = load_config(args.stage, args.overrides, demo=args.demo)

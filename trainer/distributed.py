@@ -46,6 +46,13 @@ def launcher_rank(env=os.environ) -> int:
     return int(env.get("RANK", env.get("SLURM_PROCID", "0")))
 
 
+def setup_logging() -> None:
+    """Log lines tagged with the launcher's rank: INFO on rank 0, warnings and errors only on the others."""
+    rank = launcher_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def launcher_environment(env: dict[str, str]) -> dict[str, str]:
     """The RANK / WORLD_SIZE / LOCAL_RANK / MASTER_* variables this process should run with."""
     if "RANK" in env and "WORLD_SIZE" in env:

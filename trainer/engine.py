@@ -28,6 +28,7 @@ from .configtools import to_dict, to_yaml
 from .data import make_loader
 from .data.augment import FreqMixStyle
 from .data.loader import default_workers
+from .inference import MODEL_FILE, infer
 from .metrics import classification_metrics
 from .model.frontend import MelFrontend
 from .model.passt import count_parameters, create_model, load_pretrained
@@ -38,7 +39,6 @@ from .sit import exp_warmup_linear_down, param_groups
 log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed after SIGTERM / SIGUSR1; run again (resume=auto) to continue
-MODEL = "model.pt"
 
 
 @dataclass
@@ -259,7 +259,7 @@ class Trainer:
         if p.best_score is None or (score is not None and sign * (score - p.best_score) > 0):
             p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
             if self.dist.is_main:
-                checkpoint.export_model(self.engine.module, self.run_dir / MODEL, self.classes, to_dict(cfg))
+                checkpoint.export_model(self.engine.module, self.run_dir / MODEL_FILE, self.classes, to_dict(cfg))
         device = self.dist.device
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val, peak)
@@ -284,26 +284,16 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
         """Metrics of one pass over a split, every sample exactly once across ranks (padding removed)."""
-        d = self.dist
         for module in (self.engine, self.frontend):
             module.eval()
-        logits, labels, devices, valid = [], [], [], []
-        autocast = torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
-        for batch in loader:
-            with autocast:
-                out, _ = self.engine.module(self.frontend(batch["audio"]))
-            logits.append(out.float())
-            labels.append(batch["label"])
-            devices.append(batch["device"])
-            valid.append(batch["valid"])
-        keep = distributed.gather_cat(torch.cat(valid))
-        gathered = [distributed.gather_cat(torch.cat(x))[keep] for x in (logits, labels, devices)]
-        return classification_metrics(*gathered, self.classes, self.device_names)
+        out = infer([lambda wave: self.engine.module(self.frontend(wave))[0]], loader, device=self.dist.device,
+                    bf16=self.cfg.train.precision == "bf16")
+        return classification_metrics(out.logits, out.labels, out.devices, self.classes, self.device_names)
 
     def _finish(self) -> None:
         cfg, d, p = self.cfg, self.dist, self.progress
         dist.barrier()
-        best = torch.load(self.run_dir / MODEL, map_location=d.device, weights_only=True)
+        best = torch.load(self.run_dir / MODEL_FILE, map_location=d.device, weights_only=True)
         self.engine.module.load_state_dict(best["state_dict"])
         test = self.evaluate(self.test_loader)
         if d.is_main:

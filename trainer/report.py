@@ -48,16 +48,21 @@ def point_latest(run_dir: Path) -> None:
 
 def results_table(val: dict, test: dict) -> str:
     """The final metrics, validation (best epoch) next to test."""
+    return metrics_table({f"val (n={val['num_samples']})": val, f"test (n={test['num_samples']})": test})
+
+
+def metrics_table(columns: dict[str, dict]) -> str:
+    """Metrics (`metrics.classification_metrics` results) side by side, one column per heading."""
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}"
 
-    rows = [["accuracy %", pct(val["accuracy"]), pct(test["accuracy"])],
-            ["macro class accuracy %", pct(val["macro_accuracy"]), pct(test["macro_accuracy"])],
-            ["log loss", f"{val['log_loss']:.4f}", f"{test['log_loss']:.4f}"]]
+    ms = list(columns.values())
+    rows = [["accuracy %", *(pct(m["accuracy"]) for m in ms)],
+            ["macro class accuracy %", *(pct(m["macro_accuracy"]) for m in ms)],
+            ["log loss", *(f"{m['log_loss']:.4f}" for m in ms)]]
     for group in ("real", "seen", "unseen"):
-        if group in val["device_groups"] or group in test["device_groups"]:
-            rows.append([f"devices {group} %", pct(val["device_groups"].get(group)),
-                         pct(test["device_groups"].get(group))])
-    rows += [[f"class {name} %", pct(val["per_class"][name]), pct(test["per_class"][name])] for name in val["per_class"]]
-    return tabulate(rows, headers=["metric", f"val (n={val['num_samples']})", f"test (n={test['num_samples']})"],
-                    disable_numparse=True, colalign=("left", "right", "right"))
+        if any(group in m["device_groups"] for m in ms):
+            rows.append([f"devices {group} %", *(pct(m["device_groups"].get(group)) for m in ms)])
+    rows += [[f"class {name} %", *(pct(m["per_class"][name]) for m in ms)] for name in ms[0]["per_class"]]
+    return tabulate(rows, headers=["metric", *columns], disable_numparse=True,
+                    colalign=("left", *("right" for _ in ms)))

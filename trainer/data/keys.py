@@ -19,6 +19,14 @@ class Keys(Sequence):
         self._rows = rows
         self._cache: list[str] | None = None
 
+    @classmethod
+    def from_members(cls, members: list[bytes]) -> "Keys":
+        """From the JSON members themselves (readers that have them as bytes)."""
+        rows = np.zeros((len(members), max((len(m) for m in members), default=0)), dtype=np.uint8)
+        for row, member in zip(rows, members):
+            row[:len(member)] = np.frombuffer(member, dtype=np.uint8)
+        return cls(rows)
+
     def _keys(self) -> list[str]:
         if self._cache is None:
             self._cache = [json.loads(row.tobytes().rstrip(b"\0"))["key"] for row in self._rows]

@@ -21,6 +21,7 @@ from data_shards.audio import decode
 from data_shards.manifest import shard_paths
 
 from .epoch import EpochPlan
+from .keys import Keys
 
 
 @dataclass(frozen=True)
@@ -53,8 +54,8 @@ def _read_members(path: str, *spans: tuple[int, int]) -> list[bytes]:
 
 
 class ClipDataset(Dataset):
-    """Index (global position, epoch) -> (waveform float32, labels int32 [2], key); crops are seeded per sample
-    and epoch."""
+    """Index (global position, epoch) -> (waveform float32, labels int32 [2], JSON member); crops are seeded per
+    sample and epoch."""
 
     def __init__(self, entries: list[Entry], *, audio_format: str, source_rate: int, sample_rate: int,
                  crop: int | None, training: bool, seed: int):
@@ -65,7 +66,7 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, str]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, bytes]:
         index, epoch = item
         e = self.entries[index]
         meta_bytes, labels_bytes, audio_bytes = _read_members(e.tar, e.meta, e.labels, e.audio)
@@ -89,15 +90,16 @@ class ClipDataset(Dataset):
             wave = wave[start:start + self.crop]
             if len(wave) < self.crop:
                 wave = np.pad(wave, (0, self.crop - len(wave)))
-        return np.ascontiguousarray(wave, dtype=np.float32), np.frombuffer(labels_bytes, "<i4"), meta["key"]
+        return np.ascontiguousarray(wave, dtype=np.float32), np.frombuffer(labels_bytes, "<i4"), meta_bytes
 
 
-def _collate(batch: list[tuple[np.ndarray, np.ndarray, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _collate(batch: list[tuple[np.ndarray, np.ndarray, bytes]]) -> tuple[torch.Tensor, torch.Tensor, Keys]:
     length = max(len(w) for w, _, _ in batch)
     audio = torch.zeros(len(batch), length)
     for i, (w, _, _) in enumerate(batch):
         audio[i, :len(w)] = torch.from_numpy(w)
-    return audio, torch.from_numpy(np.stack([labels for _, labels, _ in batch])), [k for _, _, k in batch]
+    labels = torch.from_numpy(np.stack([labels for _, labels, _ in batch]))
+    return audio, labels, Keys.from_members([meta for _, _, meta in batch])
 
 
 class TorchReader:
@@ -118,7 +120,7 @@ class TorchReader:
             return [p.start + int(i) for i in order[:p.batches * p.batch_size]]
         return [p.start + min(i, p.size - 1) for i in range(p.batches * p.batch_size)]
 
-    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, Keys]]:
         """The epoch's (waveforms, labels [B, 2] int32, keys) after the first `skip` batches (resuming mid-epoch)."""
         items = [(i, epoch) for i in self.positions(epoch)][skip * self.plan.batch_size:]
         batches = [items[b:b + self.plan.batch_size] for b in range(0, len(items), self.plan.batch_size)]
