@@ -50,7 +50,6 @@ def test_epoch_plan_arithmetic():
 ])
 def test_default_loader_threads(monkeypatch, affinity, machine, local, env, expected):
     from trainer.data.loader import default_workers
-    from trainer.distributed import local_world_size
 
     for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
         monkeypatch.delenv(name, raising=False)
@@ -58,7 +57,7 @@ def test_default_loader_threads(monkeypatch, affinity, machine, local, env, expe
         monkeypatch.setenv(name, value)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(affinity)))
     monkeypatch.setattr("os.cpu_count", lambda: machine)
-    assert default_workers(local if local is not None else local_world_size()) == expected
+    assert default_workers(local) == expected
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -159,9 +159,7 @@ class Trainer:
 
     def _build_loaders(self) -> None:
         cfg, d = self.cfg, self.dist
-        self.num_workers = cfg.data.num_workers
-        if self.num_workers is None:
-            self.num_workers = default_workers(distributed.local_world_size())
+        self.num_workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         common = dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
                       sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds, seed=cfg.train.seed,
                       num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, manifest=self.manifest)

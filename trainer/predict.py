@@ -20,6 +20,7 @@ from data_shards.atomic import atomic_path
 from .data import make_loader
 from .data.dataset import open_dataset
 from .data.files import csv_files, file_batches, folder_files
+from .data.loader import default_workers
 from .distributed import Dist
 from .inference import TrainedModel, check_ensemble, infer
 from .metrics import classification_metrics
@@ -87,7 +88,7 @@ def _batches(inputs: Inputs, model: TrainedModel, *, batch_size: int, num_worker
         if not same:
             log.warning("%s is labelled with other classes than the model's: no metrics", inputs.shards)
         return loader, manifest["devices"], same
-    workers = 2 if num_workers is None else num_workers
+    workers = default_workers() if num_workers is None else num_workers
     if inputs.folder is not None:
         files, devices = folder_files(inputs.folder, rate), []
     else:

@@ -44,16 +44,15 @@ def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, labels
     labels = fn.reinterpret(labels, dtype=types.INT32)  # [label_index, device_index]
     meta = fn.pad(meta, fill_value=0)  # one dense [B, longest] byte array per batch
     if audio_format == "pcm16":
-        wave = fn.reinterpret(audio, dtype=types.INT16)
-        if device == "gpu":
-            wave, labels = wave.gpu(), labels.gpu()
+        wave = fn.reinterpret(audio, dtype=types.INT16)  # raw samples: converted after the copy, on the device
+    else:
+        wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(sample_rate))
+    if device == "gpu":
+        wave, labels = wave.gpu(), labels.gpu()
+    if audio_format == "pcm16":
         wave = fn.cast(wave, dtype=types.FLOAT) * (1.0 / 32768.0)
         if source_rate != sample_rate:
             wave = fn.audio_resample(wave, in_rate=float(source_rate), out_rate=float(sample_rate))
-    else:
-        wave, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(sample_rate))
-        if device == "gpu":
-            wave, labels = wave.gpu(), labels.gpu()
     if crop is None:
         return fn.pad(wave, axes=[0]), labels, meta  # whole clips, zero-padded to the longest in the batch
     if training:

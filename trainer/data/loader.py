@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from ..distributed import local_world_size
 from .augment import WaveAugment, load_impulse_responses
 from .dataset import check_request, open_dataset
 from .epoch import EpochPlan, plan_epoch
@@ -57,18 +58,18 @@ class Loader:
             yield batch
 
 
-def default_workers(local_ranks: int = 1) -> int:
+def default_workers(local_ranks: int | None = None) -> int:
     """Loader threads per rank when `num_workers` is not given: every CPU this rank may use but one.
 
     Measured on the H100 machine (16 cores, DALI GPU pipeline, 44.1 kHz FLAC): 4 / 8 / 14 threads read
     3.5k / 5.8k / 7.9k 1-s clips/s and 0.5k / 0.9k / 1.2k 10-s clips/s, against a PaSST-S step of
     ~5k and ~0.6k samples/s: FLAC needs all the cores it can get (pcm16 shards need none for decoding).
-    The CPUs are the process's affinity set, shared by the node's `local_ranks` unless the launcher
-    already bound each rank to its own CPUs (a smaller affinity set than the machine's).
+    The CPUs are the process's affinity set, shared by the node's `local_ranks` (default: as the launcher
+    says) unless the launcher already bound each rank to its own CPUs (a smaller set than the machine's).
     """
     mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     if mine >= (os.cpu_count() or mine):
-        mine //= max(1, local_ranks)
+        mine //= max(1, local_world_size() if local_ranks is None else local_ranks)
     return max(1, mine - 1)
 
 
