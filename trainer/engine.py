@@ -227,10 +227,13 @@ class Trainer:
             monitor.record(p.epoch, p.global_step, micro_losses / self.accumulation, lrs)
             micro_losses = torch.zeros((), device=d.device)
             if p.global_step % cfg.run.log_every == 0 and p.step_in_epoch < steps:
-                stop = self._log_steps(*monitor.window(signalled()), bar)
+                records, stop = monitor.window(signalled())
+                self._log_steps(records, bar)
                 if stop:
                     break
-        stop = self._log_steps(*monitor.drain(signalled()), bar) or stop
+        records, stopped = monitor.drain(signalled())
+        self._log_steps(records, bar)
+        stop = stop or stopped
         bar.close()
         if stop:
             return None
@@ -239,15 +242,14 @@ class Trainer:
                                "fewer batches than planned")
         return p.epoch_loss_sum / steps
 
-    def _log_steps(self, records: list, stop: bool, bar: tqdm) -> bool:
-        """Write the steps read back from the device; returns whether any rank asked to stop."""
+    def _log_steps(self, records: list, bar: tqdm) -> None:
+        """Write the steps read back from the device and add them to the epoch's loss."""
         for r in records:
             self.runlog.step(r.epoch, r.step, r.loss, r.lrs, r.samples_per_s)
             self.progress.epoch_loss_sum += r.loss
         if records:
             bar.update(len(records))
             bar.set_postfix(loss=f"{records[-1].loss:.4f}", lr=f"{next(iter(records[-1].lrs.values())):.2e}")
-        return stop
 
     def _end_epoch(self, train_loss: float) -> None:
         cfg, p = self.cfg, self.progress
@@ -279,7 +281,6 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, loader) -> dict:
         """Metrics of one pass over a split, every sample exactly once across ranks (padding removed)."""
         for module in (self.engine, self.frontend):

@@ -86,8 +86,7 @@ class Outputs:
     logits: torch.Tensor  # [N, classes] float32
     labels: torch.Tensor  # [N] int64, -1 where unknown
     devices: torch.Tensor  # [N] int64, -1 where unknown
-    keys: list[str] | None  # when asked for
-    metadata: list[dict] | None  # each sample's JSON (shards) or file facts, when asked for
+    metadata: list[dict] | None  # each sample's JSON (shards) or file facts (key, source, ...), when asked for
 
 
 @torch.no_grad()
@@ -115,4 +114,4 @@ def infer(models: Sequence[Callable[[torch.Tensor], torch.Tensor]], batches: Ite
         dist.all_gather_object(parts, metadata)
         metadata = [m for part in parts for m in part]
         metadata = [m for m, k in zip(metadata, keep.tolist()) if k]
-    return Outputs(logits, labels, devices, [m["key"] for m in metadata] if keys else None, metadata if keys else None)
+    return Outputs(logits, labels, devices, metadata if keys else None)

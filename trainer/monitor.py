@@ -54,6 +54,7 @@ class StepMonitor:
         self.device = device
         self.samples_per_step = samples_per_step
         self._clock = _Clock(device)
+        self._world = dist.get_world_size() if dist.is_initialized() else 1
         self._start = self._clock.mark()
         self._losses: list[torch.Tensor] = []
         self._steps: list[tuple[int, int, dict[str, float]]] = []
@@ -81,22 +82,21 @@ class StepMonitor:
         values = torch.stack([*self._losses, torch.full((), float(stop_flag), device=self.device)])
         if dist.is_initialized():
             dist.all_reduce(values)
-        world = dist.get_world_size() if dist.is_initialized() else 1
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=self._clock.cuda)
         host.copy_(values, non_blocking=True)
         end = self._clock.mark()
-        self._inflight.append((host, end, self._start, self._steps, world))
+        self._inflight.append((host, end, self._start, self._steps))
         self._start = end
         self._losses, self._steps = [], []
 
     def _read(self, windows: list[tuple]) -> tuple[list[StepRecord], bool]:
         records, stop = [], False
-        for host, end, start, steps, world in windows:
+        for host, end, start, steps in windows:
             if self._clock.cuda:
                 end.synchronize()  # long complete when called from window(): the copy was queued a window ago
             values = host.tolist()
             stop |= values[-1] > 0
             rate = self.samples_per_step * len(steps) / max(self._clock.seconds(start, end), 1e-9)
-            records += [StepRecord(epoch, step, loss / world, lrs, rate)
+            records += [StepRecord(epoch, step, loss / self._world, lrs, rate)
                         for (epoch, step, lrs), loss in zip(steps, values[:-1])]
         return records, stop

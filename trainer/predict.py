@@ -111,7 +111,7 @@ def predict(models: list[TrainedModel], inputs: Inputs, *, d: Dist, batch_size: 
     out = infer([m.classifier for m in models], batches, bf16=bf16, device=d.device, keys=True)
     order = np.argsort([m.get("index", i) for i, m in enumerate(out.metadata)], kind="stable")
     labels = out.labels.numpy() if labelled else np.full(len(order), -1)
-    return Prediction(names=[out.metadata[i]["source"] for i in order], keys=[out.keys[i] for i in order],
+    return Prediction(names=[out.metadata[i]["source"] for i in order], keys=[out.metadata[i]["key"] for i in order],
                       classes=first.classes, logits=out.logits.numpy()[order], labels=labels[order],
                       devices=out.devices.numpy()[order], device_names=device_names)
 
