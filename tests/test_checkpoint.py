@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trainer import checkpoint
+from trainer.configtools import ConfigError
 
 
 def _draws() -> tuple:
@@ -36,10 +37,26 @@ def test_a_tampered_rng_file_is_refused_not_unpickled(tmp_path, monkeypatch):
     (tmp_path / checkpoint.LATEST).write_text(tag)
     torch.save({"torch": _Payload()}, tmp_path / tag / "rng_rank00000.pt")
 
-    class Engine:
-        def load_checkpoint(self, *args, **kwargs):
-            return str(tmp_path / tag), {"progress": {}}
-
     with pytest.raises(RuntimeError, match="is not a plain RNG state .* remove .*latest to start over"):
-        checkpoint.load(Engine(), tmp_path, rank=0)
+        checkpoint.load(_Engine(tmp_path / tag), tmp_path, rank=0, world_size=1)
     assert not Path("/tmp/should-never-exist-audio-sit").exists()
+
+
+class _Engine:
+    def __init__(self, tag: Path, zero_stage: int = 0):
+        self.tag, self.zero_stage = tag, zero_stage
+
+    def zero_optimization_stage(self) -> int:
+        return self.zero_stage
+
+    def load_checkpoint(self, *args, **kwargs):
+        return str(self.tag), {"progress": {}}
+
+
+def test_a_checkpoint_resumes_only_at_the_zero_stage_that_wrote_it(tmp_path):
+    tag = checkpoint.tag_name(0, 3)
+    (tmp_path / tag).mkdir()
+    (tmp_path / checkpoint.LATEST).write_text(tag)
+    (tmp_path / tag / checkpoint.POSITION).write_text('{"world_size": 2, "zero_stage": 2}')
+    with pytest.raises(ConfigError, match="written at ZeRO stage 2; resume it with train.zero_stage=2"):
+        checkpoint.load(_Engine(tmp_path / tag, zero_stage=1), tmp_path, rank=0, world_size=2)

@@ -95,6 +95,50 @@ def test_eval_covers_every_key_once_and_training_is_even_across_ranks(packed, ba
     assert len(counts) == 1 and len(train_counts) == 1
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_subset_leaves_out_the_excluded_keys_and_stops_after_max_steps(packed, backend):
+    """What an epoch continued on another number of ranks reads: the split minus the keys trained on, shared by
+    the ranks (each key once), for exactly the steps asked."""
+    folder = packed["tau22"]
+    split = {m["key"] for _, m, _ in read_split(folder, "train")}
+    trained = sorted(split)[::3]
+    rest = set(split) - set(trained)
+    seen = Counter()
+    for rank in range(2):
+        loader = make_loader(folder, "train", batch_size=2, training=True, backend=backend, rank=rank, world_size=2,
+                             num_workers=1, exclude=trained, max_steps=2, accumulation=2)
+        batches = list(loader)
+        assert len(batches) == 4  # 2 steps of 2 micro-batches
+        for b in batches:
+            seen.update(b["key"])
+            assert set(b["key"]) <= rest
+    assert sum(seen.values()) == 16 and set(seen.values()) == {1}, (len(split), len(rest))
+    per_rank = len(rest) // 2 // 4  # whole steps of 2 micro-batches of 2 in one rank's share of the subset
+    with pytest.raises(ValueError, match=f"hold {per_rank} step\\(s\\) per rank, fewer than the {per_rank + 1} asked"):
+        make_loader(folder, "train", batch_size=2, training=True, backend=backend, rank=0, world_size=2,
+                    num_workers=1, exclude=trained, max_steps=per_rank + 1, accumulation=2)
+    with pytest.raises(ValueError, match="'gone'\\) are not in split 'train'.*the dataset changed"):
+        make_loader(folder, "train", batch_size=2, training=True, backend=backend, num_workers=1, exclude=["gone"])
+
+
+def test_subset_audio_is_the_samples_own(packed):
+    """Subset index files point DALI at the right bytes: eval-mode reads of a subset equal the torch reader's."""
+    folder = packed["tau22"]
+    keys = [m["key"] for _, m, _ in read_split(folder, "test")]
+    exclude = keys[1::2]
+    from trainer.data.subset import Subset
+
+    subset = Subset(folder, load_manifest(folder), "test", exclude)
+    assert len(subset) == len(keys) - len(exclude)
+    a = [b for b in make_loader(folder, "test", batch_size=3, training=False, backend="dali", exclude=exclude)]
+    b = [b for b in make_loader(folder, "test", batch_size=3, training=False, backend="torch", exclude=exclude,
+                                num_workers=1)]
+    assert [k for x in a for k, v in zip(x["key"], x["valid"]) if v] == keys[0::2]
+    for x, y in zip(a, b):
+        assert x["key"] == y["key"]
+        torch.testing.assert_close(x["audio"], y["audio"], rtol=0, atol=1e-5)
+
+
 def test_dali_cpu_and_torch_reader_agree_in_eval(packed):
     for name, seconds in (("tau22", "auto"), ("cochlscene", None)):
         a = list(make_loader(packed[name], "test", batch_size=3, training=False, backend="dali", clip_seconds=seconds))

@@ -2,26 +2,34 @@
 
 A checkpoint tag `e<epoch>-s<step>` holds the engine (module, optimizer / ZeRO partitions, LR
 scheduler) and a client state with the data position (`epoch`, `step_in_epoch`), `global_step` and the
-model-selection history.  Each rank also stores its RNG states (torch, CUDA, NumPy, Python); they are
+model-selection history.  Each rank also stores its RNG states (torch, CUDA, NumPy, Python), and rank 0
+a `position.json`: the world size and ZeRO stage that wrote the tag and, mid-epoch, the keys of the samples
+the epoch has trained on, so that another number of ranks can continue it (`reshard`).  All of it is
 written before DeepSpeed updates `latest`, so a tag named there is complete.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import random
 import shutil
 import signal
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_shards.atomic import atomic_path
+from data_shards.atomic import atomic_path, write_atomic
+
+from . import reshard
+from .configtools import ConfigError
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+POSITION = "position.json"
 
 
 def tag_name(epoch: int, global_step: int) -> str:
@@ -59,18 +67,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save(engine, root: Path, tag: str, client_state: dict, rank: int) -> None:
-    """Collective: every rank calls it."""
+@dataclass
+class Position:
+    """Who wrote a checkpoint, and which samples of the epoch in progress it had trained on."""
+
+    world_size: int
+    zero_stage: int
+    excluded: list[str] = field(default_factory=list)  # keys left out of the epoch's current part (trained before)
+    seen: list[str] = field(default_factory=list)  # keys the current part has trained on, all ranks
+
+
+@dataclass
+class Resumed:
+    client_state: dict
+    position: Position
+
+
+def save(engine, root: Path, tag: str, client_state: dict, rank: int, position: Position) -> None:
+    """Collective: every rank calls it (`position` matters on rank 0 only)."""
     (root / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / f"rng_rank{rank:05d}.pt")
+    if rank == 0:
+        write_atomic(root / tag / POSITION, json.dumps(asdict(position)).encode())
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
 
 
-def load(engine, root: Path, rank: int) -> dict | None:
-    """Restore the newest checkpoint under `root` (collective); returns its client state, None if there is none."""
+def read_position(tag_dir: Path, zero_stage: int) -> Position:
+    """The tag's `position.json`; for tags written before it existed, the world size from the RNG files."""
+    if (tag_dir / POSITION).is_file():
+        return Position(**json.loads((tag_dir / POSITION).read_text()))
+    return Position(world_size=len(list(tag_dir.glob("rng_rank*.pt"))), zero_stage=zero_stage)
+
+
+def load(engine, root: Path, rank: int, world_size: int) -> Resumed | None:
+    """Restore the newest checkpoint under `root` (collective), on its own or another number of ranks."""
     if not (root / LATEST).is_file():
         return None
     tag = (root / LATEST).read_text().strip()
+    position = read_position(root / tag, engine.zero_optimization_stage())
+    if position.zero_stage != engine.zero_optimization_stage():
+        raise ConfigError(f"{root / tag} was written at ZeRO stage {position.zero_stage}; resume it with "
+                           f"train.zero_stage={position.zero_stage}")
+    if position.world_size != world_size:  # RNG states belong to the old ranks: the trainer re-seeds
+        return Resumed(reshard.load(engine, root, tag), position)
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
@@ -83,8 +122,8 @@ def load(engine, root: Path, rank: int) -> dict | None:
             raise RuntimeError(f"{rng_file} is not a plain RNG state (it holds other objects, which are never "
                                f"unpickled); remove {root / LATEST} to start over ({str(exc).splitlines()[0]})") from None
     else:
-        log.warning("%s has no RNG state for rank %d (saved with another number of ranks?)", root / tag, rank)
-    return client_state
+        log.warning("%s has no RNG state for rank %d", root / tag, rank)
+    return Resumed(client_state, position)
 
 
 def prune(root: Path, keep: int) -> None:

@@ -49,6 +49,10 @@ class Progress:
     step_in_epoch: int = 0  # optimizer steps already taken in `epoch`
     global_step: int = 0
     epoch_loss_sum: float = 0.0  # sum of the step losses of `epoch` so far (a resumed epoch's mean stays exact)
+    epoch_steps: int = 0  # optimizer steps `epoch` has in all (its plan's; the interrupted plan's on another world size)
+    part_start: int = 0  # step_in_epoch where the epoch's current part began (> 0: continued on another world size)
+    schedule_epoch: int = 0  # the LR schedule's anchor: epoch `schedule_epoch` starts at global step `schedule_step`,
+    schedule_step: int = 0  # and every later epoch has the plan's steps (moved when the world size changes)
     best_epoch: int = -1
     best_score: float | None = None
     best_val: dict | None = None
@@ -75,8 +79,18 @@ def precision_in_effect(engine) -> str:
     return f"{weights}, no autocast"
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, rank, 1]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int, part: int = 0) -> int:
+    """The RNG seed of a rank's epoch; `part` (the step a continuation on another world size began at) > 0 gives
+    the continuation fresh streams."""
+    return int(np.random.SeedSequence([seed, epoch, rank, 1, *([part] if part else [])]).generate_state(1)[0])
+
+
+def schedule_epoch(step: int, anchor_epoch: int, anchor_step: int, steps_per_epoch: int) -> int:
+    """The epoch that 0-based optimizer step `step` belongs to, given that `anchor_epoch` starts at `anchor_step`
+    and later epochs have `steps_per_epoch` steps (steps before the anchor are in the epoch before it)."""
+    if step < anchor_step:
+        return anchor_epoch - 1
+    return anchor_epoch + (step - anchor_step) // steps_per_epoch
 
 
 class Trainer:
@@ -115,17 +129,19 @@ class Trainer:
         optimizer = torch.optim.Adam(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=True)
         self.lr_factor = exp_warmup_linear_down(cfg.schedule.warm_up_len, cfg.schedule.ramp_down_len,
                                                 cfg.schedule.ramp_down_start, cfg.schedule.last_lr_value)
-        steps = self.train_loader.plan.steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step // steps))
+        self.progress = Progress()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(self._schedule_epoch(step)))
         # DeepSpeed: ZeRO stage, accumulation and clipping from the config.
         import deepspeed
 
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=deepspeed_config(cfg, d.world_size),
                                                     dist_init_required=False)
-        # Resume: engine, optimizer, scheduler, RNG and data position of the newest checkpoint.
-        state = checkpoint.load(self.engine, self.ckpt_dir, d.rank) if cfg.run.resume == "auto" else None
-        self.progress = Progress(**state["progress"]) if state else Progress()
+        # Resume: engine, optimizer, scheduler, RNG and data position of the newest checkpoint, on any world size.
+        resumed = checkpoint.load(self.engine, self.ckpt_dir, d.rank, d.world_size) if cfg.run.resume == "auto" else None
+        state = resumed.client_state if resumed else None
+        self.progress = Progress(**state["progress"]) if state else Progress(epoch_steps=self.train_loader.plan.steps)
+        resume_note = self._continue(resumed) if resumed else "new run"
         self.runlog = RunLog(self.run_dir, d.is_main, group_names=self.group_names,
                              resume_step=self.progress.global_step + 1 if state else 0,
                              resume_epoch=self.progress.epoch,
@@ -139,9 +155,44 @@ class Trainer:
                  plan.num_samples, plan.steps, cfg.train.epochs, self.val_loader.plan.num_samples,
                  self.test_loader.plan.num_samples, cfg.data.backend, self.num_workers, cfg.model.name,
                  count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
-                 " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)),
-                 f"resumed at epoch {self.progress.epoch} step {self.progress.global_step}" if state else "new run")
+                 " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), resume_note)
         return self
+
+    def _continue(self, resumed: checkpoint.Resumed) -> str:
+        """Take up the checkpoint's data position; on another world size, the policy of the README's "Resuming on
+        another number of GPUs": the interrupted epoch continues over the samples it has not trained on, for the
+        steps it has left, and later epochs follow the new plan.  Returns the log line's resume note."""
+        p, old, new = self.progress, resumed.position, self.dist.world_size
+        where = f"resumed at epoch {p.epoch} step {p.global_step}"
+        p.epoch_steps = p.epoch_steps or self.train_loader.plan.steps  # checkpoints from before it was stored
+        if old.world_size == new:  # the same plans: the same batches, skipped up to where the run stopped
+            self._excluded, self._seen = old.excluded, [old.seen]
+            return where
+        left = p.epoch_steps - p.step_in_epoch
+        p.schedule_epoch, p.schedule_step = (p.epoch + 1, p.global_step + left) if p.step_in_epoch else (p.epoch, p.global_step)
+        if p.step_in_epoch == 0:
+            p.epoch_steps, p.part_start = self.train_loader.plan.steps, 0
+            return f"{where} (resumed from W={old.world_size} on W={new}: the epoch starts with the new plan)"
+        self._excluded, self._seen = old.excluded + old.seen, []
+        p.part_start = p.step_in_epoch
+        pool = self.manifest["splits"][self.cfg.data.train_split]["num_samples"] - len(self._excluded)
+        return (f"{where} (resumed from W={old.world_size} on W={new}: epoch {p.epoch} continues over the {pool} "
+                f"samples it has not trained on, for its {left} remaining step(s) of {p.epoch_steps}; RNG re-seeded "
+                "per rank)")
+
+    def _schedule_epoch(self, step: int) -> int:
+        p = self.progress
+        return schedule_epoch(step, p.schedule_epoch, p.schedule_step, self.train_loader.plan.steps)
+
+    def _epoch_batches(self):
+        """The batches left of the epoch in progress: the plan's, or those of the part continued on another world
+        size (the epoch's samples not yet trained on, seeded by the step the part began at)."""
+        cfg, p = self.cfg, self.progress
+        if p.part_start == 0:
+            return self.train_loader.batches(p.epoch, skip=p.step_in_epoch * self.accumulation)
+        seed = int(np.random.SeedSequence([cfg.train.seed, p.part_start]).generate_state(1)[0])
+        part = self._train_loader(seed=seed, exclude=self._excluded, max_steps=p.epoch_steps - p.part_start)
+        return part.batches(p.epoch, skip=(p.step_in_epoch - p.part_start) * self.accumulation)
 
     def _run_folder(self) -> Path:
         cfg, d = self.cfg, self.dist
@@ -158,19 +209,28 @@ class Trainer:
         return folder
 
     def _build_loaders(self) -> None:
-        cfg, d = self.cfg, self.dist
+        cfg = self.cfg
         self.num_workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-        common = dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
-                      sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds, seed=cfg.train.seed,
-                      num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, manifest=self.manifest)
-        self.train_loader = make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch,
-                                        training=True, accumulation=self.accumulation, roll=cfg.augment.roll,
-                                        dir_prob=cfg.augment.dir_prob, dir_folder=cfg.augment.dir_folder,
-                                        gain_db=cfg.augment.gain_db, **common)
+        self.train_loader = self._train_loader(seed=cfg.train.seed)
         self.val_loader = make_loader(cfg.data.folder, cfg.data.val_split, batch_size=cfg.train.eval_batch,
-                                      training=False, **common)
+                                      training=False, seed=cfg.train.seed, **self._loader_settings())
         self.test_loader = make_loader(cfg.data.folder, cfg.data.test_split, batch_size=cfg.train.eval_batch,
-                                       training=False, **common)
+                                       training=False, seed=cfg.train.seed, **self._loader_settings())
+        self._excluded: list[str] = []  # keys the epoch's current part leaves out (trained on before it)
+        self._seen: list = []  # keys of the batches the current part has trained on (per micro-batch)
+
+    def _loader_settings(self) -> dict:
+        cfg, d = self.cfg, self.dist
+        return dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
+                    sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds,
+                    num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, manifest=self.manifest)
+
+    def _train_loader(self, *, seed: int, **subset):
+        cfg = self.cfg
+        return make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch, training=True,
+                           accumulation=self.accumulation, roll=cfg.augment.roll, dir_prob=cfg.augment.dir_prob,
+                           dir_folder=cfg.augment.dir_folder, gain_db=cfg.augment.gain_db, seed=seed,
+                           **self._loader_settings(), **subset)
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -194,11 +254,12 @@ class Trainer:
         """One epoch (or its rest after a resume); the mean loss, or None when a signal stopped it."""
         cfg, d, p = self.cfg, self.dist, self.progress
         if p.step_in_epoch == 0:
-            checkpoint.seed_everything(epoch_seed(cfg.train.seed, p.epoch, d.rank))
             p.epoch_loss_sum = 0.0
+        if p.step_in_epoch == p.part_start:  # a fresh epoch, or a fresh continuation of one on another world size
+            checkpoint.seed_everything(epoch_seed(cfg.train.seed, p.epoch, d.rank, p.part_start))
         for module in (self.engine, self.frontend, self.mixstyle):
             module.train()
-        steps = self.train_loader.plan.steps
+        steps = p.epoch_steps
         bar = tqdm(total=steps, initial=p.step_in_epoch, desc=f"epoch {p.epoch}", disable=None if d.is_main else True,
                    dynamic_ncols=True, leave=False)
         monitor = StepMonitor(d.device, cfg.train.global_batch)
@@ -206,9 +267,9 @@ class Trainer:
         micro_losses = torch.zeros((), device=d.device)
         stop = False
         remaining = p.step_in_epoch < steps  # a run stopped after an epoch's last step resumes at its end
-        batches = self.train_loader.batches(p.epoch, skip=p.step_in_epoch * self.accumulation) if remaining else ()
-        for batch in batches:
+        for batch in self._epoch_batches() if remaining else ():
             started = time.perf_counter()
+            self._seen.append(batch["key"])  # decoded only if a checkpoint needs them
             logits, _ = self.engine(self.mixstyle(self.frontend(batch["audio"])))
             loss = F.cross_entropy(logits.float(), batch["label"])
             boundary = self.engine.is_gradient_accumulation_boundary()
@@ -268,13 +329,20 @@ class Trainer:
                      val["accuracy"], val["macro_accuracy"] or float("nan"), val["log_loss"],
                      " (best)" if p.best_epoch == p.epoch else "")
         p.epoch += 1
-        p.step_in_epoch = 0
+        p.step_in_epoch, p.part_start, p.epoch_steps = 0, 0, self.train_loader.plan.steps
+        self._excluded, self._seen = [], []
         self._save()
 
     def _save(self) -> None:
-        p = self.progress
+        p, d = self.progress, self.dist
         client = {"progress": asdict(p), "config": to_dict(self.cfg)}
-        checkpoint.save(self.engine, self.ckpt_dir, checkpoint.tag_name(p.epoch, p.global_step), client, self.dist.rank)
+        seen = [key for keys in self._seen for key in keys]
+        everyone = [None] * d.world_size
+        dist.all_gather_object(everyone, seen)  # a mid-epoch stop: what every rank has trained on
+        position = checkpoint.Position(d.world_size, self.cfg.train.zero_stage, self._excluded,
+                                       [key for part in everyone for key in part])
+        checkpoint.save(self.engine, self.ckpt_dir, checkpoint.tag_name(p.epoch, p.global_step), client, d.rank,
+                        position)
         dist.barrier()
         if self.dist.is_main:
             checkpoint.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)

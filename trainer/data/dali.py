@@ -13,6 +13,7 @@ bytes of float32) and are converted there.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +26,7 @@ from data_shards.manifest import shard_paths
 
 from .epoch import EpochPlan
 from .keys import Keys
+from .subset import Subset
 
 _DECODE_ERROR = re.compile(r"Error decoding file (?P<tar>.+?):(?P<offset>\d+):(?P<member>[^\s.]+)\.\S+")
 
@@ -67,8 +69,10 @@ def audio_pipeline(*, paths: list[str], index_paths: list[str], ext: str, labels
 
 
 def pipeline_arguments(folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
-                       crop: int | None, device: str, shuffle_buffer: int) -> dict:
-    tars, indexes = shard_paths(folder, manifest, split)
+                       crop: int | None, device: str, shuffle_buffer: int,
+                       shards: tuple[list[Path], list[Path]] | None = None) -> dict:
+    """shards: (tars, index files) to read instead of the split's own (a `Subset`'s)."""
+    tars, indexes = shards or shard_paths(folder, manifest, split)
     return dict(paths=[str(p) for p in tars], index_paths=[str(p) for p in indexes],
                 ext=manifest["audio_extension"], labels_ext=manifest["labels_extension"],
                 audio_format=manifest["audio_format"],
@@ -78,17 +82,23 @@ def pipeline_arguments(folder: Path, manifest: dict, split: str, plan: EpochPlan
 
 class DaliReader:
     """Runs the pipeline for exactly the plan's batches per epoch, from a fresh pipeline seeded by (seed, epoch,
-    rank): an epoch's order and crops depend only on those, so a resumed run reads what it would have read."""
+    rank): an epoch's order and crops depend only on those, so a resumed run reads what it would have read.
+    With a `subset`, the pipeline reads index files of the subset, written to a folder the reader owns."""
 
     def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
-                 crop: int | None, device: str, seed: int, num_threads: int = 2, shuffle_buffer: int = 1024):
+                 crop: int | None, device: str, seed: int, num_threads: int = 2, shuffle_buffer: int = 1024,
+                 subset: Subset | None = None):
         self.plan = plan
         self.folder = folder
         self.device = device
         self.seed = seed
+        shards = None
+        if subset is not None:
+            self._index_dir = tempfile.TemporaryDirectory(prefix="subset-index-")  # removed with the reader
+            shards = subset.write_indexes(Path(self._index_dir.name))
         self._kwargs = pipeline_arguments(folder, manifest, split, plan, sample_rate=sample_rate, crop=crop,
                                           device="gpu" if device == "cuda" else "cpu",
-                                          shuffle_buffer=min(shuffle_buffer, max(1, plan.size)))
+                                          shuffle_buffer=min(shuffle_buffer, max(1, plan.size)), shards=shards)
         self._pipe_args = dict(batch_size=plan.batch_size, num_threads=num_threads,
                                device_id=torch.cuda.current_device() if device == "cuda" else None,
                                prefetch_queue_depth=2)

@@ -9,6 +9,8 @@ waits for the device: labels arrive as tensors and the padding mask is built whe
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +20,7 @@ from ..distributed import local_world_size
 from .augment import WaveAugment, load_impulse_responses
 from .dataset import check_request, open_dataset
 from .epoch import EpochPlan, plan_epoch
+from .subset import Subset
 
 BACKENDS = ("dali", "torch")
 
@@ -77,7 +80,8 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
                 device: str = "cpu", rank: int = 0, world_size: int = 1, sample_rate: int | None = None,
                 clip_seconds: float | None | str = "auto", roll: int = 0, dir_prob: float = 0.0,
                 dir_folder: str | Path | None = None, gain_db: float = 0.0, seed: int = 0, num_workers: int | None = None,
-                shuffle_buffer: int = 1024, accumulation: int = 1, manifest: dict | None = None) -> Loader:
+                shuffle_buffer: int = 1024, accumulation: int = 1, manifest: dict | None = None,
+                exclude: Collection[str] = (), max_steps: int | None = None) -> Loader:
     """A loader of `split` of the packed dataset in `shards` (the folder holding manifest.json).
 
     sample_rate: output rate (default: the shards'); clip_seconds: crop / pad length ("auto": the
@@ -87,6 +91,8 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
     Augmentations act only in training.  accumulation: training epochs hold whole optimizer steps of this
     many batches.  num_workers: DALI CPU threads or DataLoader workers (None: `default_workers()`).
     manifest: the dataset's manifest when the caller has loaded it already (`dataset.open_dataset`).
+    exclude: keys of samples to leave out (an interrupted epoch continued over the samples it has not yet
+    trained on); max_steps: training epochs stop after this many optimizer steps (the interrupted epoch's rest).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
@@ -96,20 +102,27 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
     check_request(folder, manifest, split, training=training, clip_seconds=seconds, dir_prob=dir_prob)
     rate = sample_rate or manifest["sample_rate"]
     crop = None if seconds is None else int(round(seconds * rate))
-    plan = plan_epoch(manifest["splits"][split]["num_samples"], batch_size, rank=rank, world_size=world_size,
-                      training=training, accumulation=accumulation)
+    subset = Subset(folder, manifest, split, exclude) if exclude else None
+    num_samples = len(subset) if subset is not None else manifest["splits"][split]["num_samples"]
+    plan = plan_epoch(num_samples, batch_size, rank=rank, world_size=world_size, training=training,
+                      accumulation=accumulation)
+    if max_steps is not None:
+        if not training or plan.steps < max_steps:
+            raise ValueError(f"{num_samples} samples of split {split!r} hold {plan.steps} step(s) per rank, fewer than "
+                             f"the {max_steps} asked for")
+        plan = replace(plan, batches=max_steps * accumulation)
     torch_device = torch.device(device)
     num_workers = default_workers() if num_workers is None else num_workers
     if backend == "dali":
         from .dali import DaliReader  # DALI is Linux-only; the torch backend must work without it
 
         reader = DaliReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, device=torch_device.type,
-                            seed=seed, num_threads=max(1, num_workers), shuffle_buffer=shuffle_buffer)
+                            seed=seed, num_threads=max(1, num_workers), shuffle_buffer=shuffle_buffer, subset=subset)
     else:
         from .torch_loader import TorchReader
 
         reader = TorchReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, seed=seed,
-                             num_workers=num_workers)
+                             num_workers=num_workers, subset=subset)
     irs, dir_device = None, -1
     if dir_prob > 0:
         irs = load_impulse_responses(dir_folder or "", rate)

@@ -22,6 +22,7 @@ from data_shards.manifest import shard_paths
 
 from .epoch import EpochPlan
 from .keys import Keys
+from .subset import Subset, split_index
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,16 @@ class Entry:
     meta: tuple[int, int]  # ... of the JSON member
 
 
-def read_entries(folder: Path, manifest: dict, split: str) -> list[Entry]:
-    """Every sample of a split in global order (the concatenation of its shards), from the index files."""
+def read_entries(folder: Path, manifest: dict, split: str, subset: Subset | None = None) -> list[Entry]:
+    """Every sample of a split (or of a subset of it) in global order, from the index files."""
     ext, labels = manifest["audio_extension"], manifest["labels_extension"]
+    tars = shard_paths(folder, manifest, split)[0]
+    samples = split_index(folder, manifest, split)
     entries = []
-    for tar, index in zip(*shard_paths(folder, manifest, split)):
-        for line in index.read_text().splitlines()[1:]:
-            parts = line.split()
-            members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
-            entries.append(Entry(str(tar), members[ext], members[labels], members["json"]))
+    for i in (range(len(samples)) if subset is None else subset.positions):
+        parts = samples[i].line.split()
+        members = {parts[j]: (int(parts[j + 1]), int(parts[j + 2])) for j in range(0, len(parts), 4)}
+        entries.append(Entry(str(tars[samples[i].shard]), members[ext], members[labels], members["json"]))
     return entries
 
 
@@ -107,9 +109,9 @@ class TorchReader:
     in order (last sample repeated as padding) in evaluation.  Order and crops depend on (seed, epoch, rank)."""
 
     def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
-                 crop: int | None, seed: int, num_workers: int = 2):
+                 crop: int | None, seed: int, num_workers: int = 2, subset: Subset | None = None):
         self.plan, self.seed, self.num_workers = plan, seed, num_workers
-        self.dataset = ClipDataset(read_entries(folder, manifest, split), audio_format=manifest["audio_format"],
+        self.dataset = ClipDataset(read_entries(folder, manifest, split, subset), audio_format=manifest["audio_format"],
                                    source_rate=manifest["sample_rate"], sample_rate=sample_rate, crop=crop,
                                    training=plan.training, seed=seed + plan.rank)
 
