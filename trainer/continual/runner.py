@@ -46,6 +46,19 @@ def accuracy(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch:
     return 100.0 * correct / max(1, len(x))
 
 
+@torch.no_grad()
+def validation(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2000) -> tuple[float, float]:
+    """Accuracy (%) and mean cross-entropy of the task's head on (x, y)."""
+    method.net.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch):
+        logits, labels = method.logits(x[i:i + batch].to(method.device), task), y[i:i + batch].to(method.device)
+        correct += (logits.argmax(1) == labels).sum().item()
+        loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+    method.net.train()
+    return 100.0 * correct / max(1, len(x)), loss / max(1, len(x))
+
+
 def draw_rows(sizes: torch.Tensor, tasks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """For each entry of `tasks`, a uniform row of that task's train set in the concatenation of all of them
     (`sizes`: each task's number of train samples, in order)."""
@@ -110,16 +123,18 @@ class Runner:
         cfg, task, m = self.cfg, self.tasks[t], self.method
         m.start_task(t, task)
         opt = self._optimizer(t)
-        best, best_acc = None, -1.0
+        # best-model restore as published: a snapshot whenever the validation accuracy or the validation loss
+        # improves on its own best so far; the latest snapshot is restored at the task's end
+        best, best_acc, best_loss = None, -1.0, float("inf")
         batches = torch.randint(len(task.train_x), (cfg.n_iter, cfg.train.batch_size), generator=self.gen)
         for it, idx in enumerate(batches):
             loss = m.loss(*self._rows(task.train_x, task.train_y, idx), t)
             self._step(opt, loss, t, it, bar)
             if cfg.train.use_best_models and (it + 1) % cfg.train.best_every == 0:
-                acc = accuracy(m, task.val_x, task.val_y, t)
-                self.log_rows.append({"task": t, "iteration": it + 1, "val_accuracy": acc})
-                if acc > best_acc:
-                    best, best_acc = m.snapshot(), acc
+                acc, val_loss = validation(m, task.val_x, task.val_y, t)
+                self.log_rows.append({"task": t, "iteration": it + 1, "val_accuracy": acc, "val_loss": val_loss})
+                if acc > best_acc or val_loss < best_loss:
+                    best, best_acc, best_loss = m.snapshot(), max(acc, best_acc), min(val_loss, best_loss)
         if best is not None:
             m.restore(best)
         m.end_task(t, task)
