@@ -27,7 +27,6 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 class FullOptimizerState:
     """A ZeRO 1/2 checkpoint's optimizer state with the partitioning undone (flat fp32 tensors per parameter)."""
 
-    world_size: int  # ranks that wrote it
     steps: list[torch.Tensor] = field(default_factory=list)  # Adam's step count, per parameter group
     moments: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> {exp_avg, exp_avg_sq}
 
@@ -44,7 +43,7 @@ def partition_files(tag_dir: Path) -> list[Path]:
 def consolidate(tag_dir: Path) -> FullOptimizerState:
     """Read every rank's partition of a ZeRO 1/2 checkpoint and join each parameter's fragments."""
     files = partition_files(tag_dir)
-    full = FullOptimizerState(world_size=len(files))
+    full = FullOptimizerState()
     fragments: dict[str, dict[str, list[torch.Tensor]]] = {}
     for rank, path in enumerate(files):
         # DeepSpeed's own files (it loads them the same way): they pickle its loss-scaler and enum objects

@@ -38,15 +38,6 @@ def load_tasks(cfg: ContinualConfig) -> list[Task]:
 
 
 @torch.no_grad()
-def accuracy(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2000) -> float:
-    method.net.eval()
-    correct = sum((method.logits(x[i:i + batch].to(method.device), task).argmax(1).cpu() == y[i:i + batch]).sum().item()
-                  for i in range(0, len(x), batch))
-    method.net.train()
-    return 100.0 * correct / max(1, len(x))
-
-
-@torch.no_grad()
 def validation(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2000) -> tuple[float, float]:
     """Accuracy (%) and mean cross-entropy of the task's head on (x, y)."""
     method.net.eval()
@@ -57,6 +48,11 @@ def validation(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batc
         loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
     method.net.train()
     return 100.0 * correct / max(1, len(x)), loss / max(1, len(x))
+
+
+def accuracy(method: Method, x: torch.Tensor, y: torch.Tensor, task: int, batch: int = 2000) -> float:
+    """Accuracy (%) of the task's head on (x, y)."""
+    return validation(method, x, y, task, batch)[0]
 
 
 def draw_rows(sizes: torch.Tensor, tasks: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -44,17 +44,16 @@ class Subset:
             raise ValueError(f"{len(unknown)} sample(s) trained on before the interruption (e.g. {sorted(unknown)[0]!r}) "
                              f"are not in split {split!r} of {self.folder}: the dataset changed since the run started; "
                              "restore it, or start a new run (run.name)")
-        self.positions = [i for i, s in enumerate(samples) if s.key not in exclude]
-        self._samples = [samples[i] for i in self.positions]
+        self.samples = [s for s in samples if s.key not in exclude]
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.samples)
 
     def write_indexes(self, out: Path) -> tuple[list[Path], list[Path]]:
         """Index files of the subset in `out`, one per shard that keeps samples; (tar paths, index paths)."""
         tars = shard_paths(self.folder, self.manifest, self.split)[0]
         lines: dict[int, list[str]] = {}
-        for sample in self._samples:
+        for sample in self.samples:
             lines.setdefault(sample.shard, []).append(sample.line)
         out_tars, out_indexes = [], []
         for shard, kept in lines.items():

@@ -37,12 +37,11 @@ def read_entries(folder: Path, manifest: dict, split: str, subset: Subset | None
     """Every sample of a split (or of a subset of it) in global order, from the index files."""
     ext, labels = manifest["audio_extension"], manifest["labels_extension"]
     tars = shard_paths(folder, manifest, split)[0]
-    samples = split_index(folder, manifest, split)
     entries = []
-    for i in (range(len(samples)) if subset is None else subset.positions):
-        parts = samples[i].line.split()
+    for sample in split_index(folder, manifest, split) if subset is None else subset.samples:
+        parts = sample.line.split()
         members = {parts[j]: (int(parts[j + 1]), int(parts[j + 2])) for j in range(0, len(parts), 4)}
-        entries.append(Entry(str(tars[samples[i].shard]), members[ext], members[labels], members["json"]))
+        entries.append(Entry(str(tars[sample.shard]), members[ext], members[labels], members["json"]))
     return entries
 
 
