@@ -46,6 +46,23 @@ def test_synthetic_and_tasks_have_the_published_shapes(arrays):
         assert set(t.train_y.tolist()) == set(range(10))
 
 
+def test_synthetic_classes_are_built_from_one_shared_basis(arrays):
+    """The 100 class spectra (class means over samples and frames) span the 12 atoms' space only: 12 directions
+    hold all but noise of their spread (independent class patterns would need ~100), and every class shares
+    atoms with classes of other tasks."""
+    x, y, _, _ = arrays
+    spectra = np.stack([x[y == c].astype(np.float64).mean(axis=(0, 1)) for c in range(100)])
+    centred = spectra - spectra.mean(0)
+    energy = np.linalg.svd(centred, compute_uv=False) ** 2
+    assert energy[:12].sum() > 0.99 * energy.sum() and energy[12] < 1e-3 * energy[0]
+    support = spectra > spectra.min(0) + 1.0  # codes well above their quietest class: the class's atoms
+    tasks = make_tasks(*arrays)
+    task_of = {c: t.index for t in tasks for c in t.classes}
+    for c in range(100):
+        others = {task_of[d] for d in range(100) if task_of[d] != task_of[c] and (support[c] & support[d]).any()}
+        assert len(others) >= 5, c
+
+
 def _write(tmp_path, obj):
     path = tmp_path / "audioset.pickle"
     path.write_bytes(pickle.dumps(obj))
@@ -99,6 +116,41 @@ def test_hypernetwork_generates_exactly_the_main_networks_weights():
     assert method.hnet([0, 3]).shape == (2, 24_036) and method.hnet.num_chunks == 13
     assert sum(p.numel() for p in method.hnet.parameters()) < 24_036  # compression ratio < 1 (0.98)
     assert all(not p.requires_grad for p in method.net.parameters())  # the main net owns no trained weights
+
+
+def test_hypernetwork_regulariser_constrains_each_old_task_on_the_shared_weights_and_its_own_head(five_tasks):
+    """beta/t sum over old tasks of the squared drift of the generated weights, leaving out the other tasks' output
+    rows (published `flatten_and_remove_out_heads`), against a loop over old tasks and named weights; every
+    hypernetwork parameter is trained, old task embeddings included; the MLP keeps PyTorch's default init."""
+    cfg = load_continual_config(["method=hnet", "data.num_tasks=5", "params.hnet_beta=0.7"])
+    method = METHODS["hnet"](cfg, torch.device("cpu"))
+    last = method.hnet.mlp[-1]
+    bound = 1 / last.in_features ** 0.5
+    assert last.weight.abs().max() <= bound and last.weight.abs().max() > 0.9 * bound and last.bias.abs().min() > 0
+    method.start_task(3, five_tasks[3])
+    targets = [method.unflatten(t) for t in method.hnet([0, 1, 2]).detach()]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in method.hnet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    expected = torch.zeros(())
+    for old in range(3):
+        now = method.unflatten(method.hnet([old])[0])
+        for name, w in now.items():
+            drift = w - targets[old][name]
+            if name.startswith("head."):
+                drift = drift[10 * old:10 * old + 10]  # task `old`'s own output rows only
+            expected = expected + (drift ** 2).sum()
+    torch.testing.assert_close(method.regulariser(3), 0.7 * expected / 3, rtol=1e-5, atol=0)
+    whole = ((method.hnet([0, 1, 2]) - method.targets) ** 2).sum()
+    assert whole > 1.02 * expected  # with the other heads' rows it would be larger: the test tells the two apart
+    trained = {id(p) for g in method.param_groups(3) for p in g["params"]}
+    assert all(id(e) in trained for e in method.hnet.task_emb)
+    old = method.hnet.task_emb[0].detach().clone()
+    opt = torch.optim.Adam(method.param_groups(3), lr=1e-2)
+    method.loss(five_tasks[3].train_x[:32], five_tasks[3].train_y[:32], 3).backward()
+    opt.step()
+    assert not torch.equal(method.hnet.task_emb[0], old)  # the regulariser moves old embeddings too
 
 
 def test_masked_units_receive_zero_gradient(five_tasks):
@@ -199,7 +251,7 @@ def test_orthogonal_regulariser_gradient_in_closed_form_equals_autograd(five_tas
     expected_grads = torch.autograd.grad(expected, params)
     loss = method.loss(x, y, 2)
     loss.backward()
-    method.before_update(2)
+    method.before_update(2, torch.optim.Adam(method.param_groups(2)))
     torch.testing.assert_close(loss, expected.detach())
     for p, g in zip(params, expected_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
@@ -207,8 +259,11 @@ def test_orthogonal_regulariser_gradient_in_closed_form_equals_autograd(five_tas
     assert (method.net.lstm.weight_hh_l0.grad - task_only).abs().max() > 0.1  # the regulariser's share is not lost
 
 
-def test_si_path_integral_sees_the_task_gradient_and_the_update_the_whole_loss(five_tasks):
-    cfg = load_continual_config(["method=si", "data.num_tasks=5", "net.orthogonal_reg=0.1", "params.si_lambda=5"])
+def _si_on_second_task(five_tasks, *overrides):
+    """An SI method past task 0 (random importances, weights moved since), set up on task 1 with an Adam that has
+    taken 3 steps of task 1 already, so that its moments are not zero."""
+    cfg = load_continual_config(["method=si", "data.num_tasks=5", "net.orthogonal_reg=0.1", "params.si_lambda=5",
+                                 *overrides])
     method = METHODS["si"](cfg, torch.device("cpu"))
     first, second = five_tasks[0], five_tasks[1]
     method.start_task(0, first)
@@ -221,17 +276,57 @@ def test_si_path_integral_sees_the_task_gradient_and_the_update_the_whole_loss(f
         for p in method.net.parameters():
             p.add_(0.01 * torch.randn_like(p))
     method.start_task(1, second)
-    x, y = second.train_x[:32], second.train_y[:32]
+    opt = torch.optim.Adam(method.param_groups(1), lr=1e-3)
+    for i in range(3):
+        opt.zero_grad()
+        method.loss(second.train_x[32 * i:32 * i + 32], second.train_y[32 * i:32 * i + 32], 1).backward()
+        method.before_update(1, opt)
+        opt.step()
+        method.after_update(1)
+    method.si.omega = [torch.zeros_like(w) for w in method.si.omega]
+    x, y = second.train_x[96:128], second.train_y[96:128]
     params = list(method.net.parameters())
     task_grads = torch.autograd.grad(method.task_loss(x, y, 1), params)
     total = method.task_loss(x, y, 1) + 0.1 * _orthogonality(method.net.lstm.weight_hh_l0) + 5 * sum(
         (imp * (p - a) ** 2).sum() for imp, p, a in zip(method.si.importance, params, method.penalty.anchor))
     total_grads = torch.autograd.grad(total, params)
+    opt.zero_grad()
     method.loss(x, y, 1).backward()
-    method.before_update(1)
-    for recorded, task_g, p, total_g in zip(method.si._grads, task_grads, params, total_grads):
-        torch.testing.assert_close(-recorded, task_g, rtol=1e-4, atol=1e-6)
+    return method, opt, params, task_grads, total_grads
+
+
+def test_si_integrates_the_adam_step_of_the_task_loss_alone(five_tasks):
+    """Published `si_task_loss_only`: omega += delta (-g), g the task loss's gradient and delta the step Adam would
+    take from g alone (computed here by hand from its moments), not the update it makes from the whole loss."""
+    method, opt, params, task_grads, total_grads = _si_on_second_task(five_tasks)
+    before = {k: v.clone() for k, v in opt.state[params[0]].items()}
+    method.before_update(1, opt)
+    for p, total_g in zip(params, total_grads):  # the step itself follows the whole loss
         torch.testing.assert_close(p.grad, total_g, rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(before[k], opt.state[params[0]][k]) for k in before)  # the preview left Adam's state
+    weights = [p.detach().clone() for p in params]
+    opt.step()
+    method.after_update(1)
+    t = 4
+    for p, g, omega, w in zip(params, task_grads, method.si.omega, weights):
+        state = opt.state[p]  # after the real step: moments of the whole gradient; undo that step's share
+        m_prev = (state["exp_avg"] - 0.1 * p.grad) / 0.9
+        v_prev = (state["exp_avg_sq"] - 0.001 * p.grad ** 2) / 0.999
+        m, v = 0.9 * m_prev + 0.1 * g, 0.999 * v_prev + 0.001 * g ** 2
+        delta = -1e-3 * (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+        torch.testing.assert_close(omega, delta * -g, rtol=1e-3, atol=1e-12)
+        actual = (p.detach() - w) * -p.grad
+        assert not torch.allclose(omega, actual, rtol=1e-2, atol=1e-12)  # the update made is not what was integrated
+
+
+def test_si_without_task_loss_only_integrates_the_update_made_from_the_whole_loss(five_tasks):
+    method, opt, params, _, total_grads = _si_on_second_task(five_tasks, "params.si_task_loss_only=false")
+    method.before_update(1, opt)
+    weights = [p.detach().clone() for p in params]
+    opt.step()
+    method.after_update(1)
+    for p, g, omega, w in zip(params, total_grads, method.si.omega, weights):
+        torch.testing.assert_close(omega, (p.detach() - w) * -g, rtol=1e-3, atol=1e-12)
 
 
 def test_coresets_distillation_equals_a_loop_over_old_tasks_with_a_frozen_copy(five_tasks):
@@ -299,8 +394,11 @@ def test_finetuning_forgets(finetune):
 @pytest.mark.parametrize("method,overrides", [("ewc", ()), ("si", ()), ("coresets", ()),
                                               ("hnet", ("n_iter=1000", "train.weight_decay=0"))])
 def test_methods_protect_old_tasks(five_tasks, finetune, method, overrides):
+    """Each method forgets far less than fine-tuning does (which loses ~40 points of what it learnt), and ends above
+    it (HNET learns slowest in this short run: its during accuracy is the lowest)."""
     result = _final(method, five_tasks, *overrides)
-    assert result["final_accuracy"] > finetune["final_accuracy"] + 10, (result["accuracy_matrix"], finetune)
+    assert result["forgetting"] < finetune["forgetting"] - 20, (result["accuracy_matrix"], finetune)
+    assert result["final_accuracy"] > finetune["final_accuracy"] + 5, (result["accuracy_matrix"], finetune)
 
 
 def test_joint_rows_stay_in_their_task_and_cover_it():
@@ -351,7 +449,7 @@ def test_stopping_criterion_ends_the_run_after_the_failing_task(five_tasks):
 def test_best_model_restore_keeps_the_latest_improvement_in_accuracy_or_loss(five_tasks):
     """A snapshot at every check that improves the validation accuracy or the validation loss (each on its own best
     so far); the latest one is restored."""
-    cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "n_iter=800", "train.lr=5e-3",
+    cfg = load_continual_config(["method=finetune", "data.num_tasks=5", "n_iter=800", "train.lr=1e-2",
                                  "train.use_best_models=true", "train.best_every=50"])
     runner = Runner(cfg, five_tasks)
     runner.train_task(0, tqdm(disable=True))

@@ -46,6 +46,7 @@ class TrainSettings:
     during_acc_criterion: float = 0.0  # stop the run if a task's during accuracy (%) falls below; 0: off
     seed: int = 0  # init and batch order
     device: str = "auto"  # auto | cuda | cpu
+    threads: int = 0  # CPU threads of this process (torch.set_num_threads); 0: torch's default, all cores
     flush_denormals: bool = True  # CPU: denormal floats (from the saturated gates) count as 0: no slow path
 
 
@@ -99,6 +100,8 @@ def load_continual_config(overrides: list[str], configs: Path = CONFIGS) -> Cont
                        ("net.hidden", cfg.net.hidden), ("data.num_tasks", cfg.data.num_tasks)):
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    if cfg.train.threads < 0:
+        raise ConfigError(f"train.threads={cfg.train.threads} must be 0 (all cores) or a number of threads")
     if not 0 <= cfg.params.mask_fraction < 1:
         raise ConfigError(f"params.mask_fraction={cfg.params.mask_fraction} must be in [0, 1)")
     return cfg

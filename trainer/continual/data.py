@@ -61,31 +61,49 @@ def load_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     return x, y.astype(np.int64), train_ind.astype(np.int64), test_ind.astype(np.int64)
 
 
-def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800, test_per_class: int = 200,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A stand-in with the pickle's shapes, sizes and dtype, in which tasks interfere.
+def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800, test_per_class: int = 200, *,
+              atoms: int = 12, atoms_per_class: int = 3, atom_codes: int = 12, background_atoms: int = 2,
+              max_shift: int = 4, signal: float = 1.5, noise: float = 2.5) -> tuple[np.ndarray, ...]:
+    """A stand-in with the pickle's shapes, sizes and dtype, its classes built from one shared basis.
 
-    Every class is a temporal pattern in one shared 24-code subspace (its own random direction per frame)
-    on top of low-valued noise codes (small raw inputs keep the LSTM's gates out of saturation, so short
-    test runs learn); all tasks compete for the same input features and recurrent units, so training on
-    a new task overwrites what the old heads read (fine-tuning forgets).
+    `atoms` spectral atoms (each a non-negative profile over `atom_codes` of the 128 codes; atoms overlap) form
+    the basis; a class is `atoms_per_class` of them, each with its own temporal envelope over the 10 frames (a
+    random walk).  As audio classes share spectral components, every atom serves about num_classes *
+    atoms_per_class / atoms classes spread over all tasks: what is learnt for one task serves others (transfer)
+    and a new task re-purposes the units the old heads read (interference).  A sample scales each envelope by
+    its own gain with a per-frame jitter, adds `background_atoms` random atoms with random envelopes (other
+    sounds in the clip), is rotated in time by up to `max_shift` frames (events are not aligned with the clip) and sits on
+    background noise codes.  Values stay small (raw codes, no normalisation, as published), so that short runs
+    learn without saturating the LSTM's gates.
     """
     rng = np.random.default_rng(seed)
-    shared = rng.choice(CODES, 24, replace=False)
-    patterns = rng.normal(0.0, 1.0, (num_classes, FRAMES, len(shared)))
-    per_class = train_per_class + test_per_class
-    y = np.repeat(np.arange(num_classes), per_class)
-    x = rng.standard_normal((len(y), FRAMES, CODES), dtype=np.float32) * 3.0 + 4.0
-    x[:, :, shared] += 4.0 + 2.0 * patterns[y].astype(np.float32) * rng.uniform(0.6, 1.4, (len(y), 1, 1)).astype(np.float32)
-    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    basis = np.zeros((atoms, CODES), np.float32)
+    for a in range(atoms):
+        basis[a, rng.choice(CODES, atom_codes, replace=False)] = rng.uniform(0.5, 1.5, atom_codes)
+    members = np.stack([rng.choice(atoms, atoms_per_class, replace=False) for _ in range(num_classes)])
+    y = np.repeat(np.arange(num_classes), train_per_class + test_per_class)
+    envelopes = _random_walks(rng, (num_classes, atoms_per_class))
+    gains = rng.uniform(0.6, 1.4, (len(y), atoms_per_class, 1)) * (1 + rng.normal(0, 0.3, (len(y), atoms_per_class, FRAMES)))
+    x = rng.standard_normal((len(y), FRAMES, CODES), dtype=np.float32) * noise + 3.0
+    for j in range(atoms_per_class):  # activation [N, frames] of each sample's j-th class atom times its profile
+        x += signal * (envelopes[y, j] * gains[:, j]).astype(np.float32)[:, :, None] * basis[members[y, j]][:, None, :]
+    for _ in range(background_atoms):
+        x += signal * _random_walks(rng, (len(y),))[:, :, None] * basis[rng.integers(0, atoms, len(y))][:, None, :]
+    late = (np.arange(FRAMES)[None, :] - rng.integers(0, max_shift + 1, len(y))[:, None]) % FRAMES
+    x = np.clip(np.rint(np.take_along_axis(x, late[:, :, None], 1)), 0, 255).astype(np.uint8)
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
     train_ind, test_ind = [], []
     for c in range(num_classes):
-        members = np.flatnonzero(y == c)
-        train_ind.append(members[:train_per_class])
-        test_ind.append(members[train_per_class:])
+        rows = np.flatnonzero(y == c)
+        train_ind.append(rows[:train_per_class])
+        test_ind.append(rows[train_per_class:])
     return x, y, np.sort(np.concatenate(train_ind)), np.sort(np.concatenate(test_ind))
+
+
+def _random_walks(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Non-negative envelopes over the frames: 1 + a Gaussian random walk (step std 0.5), clipped at 0."""
+    return np.clip(1.0 + np.cumsum(rng.normal(0.0, 0.5, (*shape, FRAMES)), -1), 0.0, None).astype(np.float32)
 
 
 def make_tasks(x: np.ndarray, y: np.ndarray, train_ind: np.ndarray, test_ind: np.ndarray, *, num_tasks: int = 10,

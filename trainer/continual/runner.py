@@ -84,6 +84,8 @@ class Runner:
         # CPUs process on a slow path; they are flushed to zero.  The flag is per thread and torch's worker threads
         # copy it when they start, so it is set before this process's first tensor work.
         torch.set_flush_denormal(cfg.train.flush_denormals)
+        if cfg.train.threads:  # several runs side by side on one machine: each its share of the cores
+            torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
@@ -101,7 +103,7 @@ class Runner:
         """One update of iteration `it` (0-based) of `task` (-1: joint); the loss is logged every 100."""
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        self.method.before_update(task)
+        self.method.before_update(task, opt)
         if self.cfg.train.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]],
                                            self.cfg.train.clip_grad_norm)

@@ -39,9 +39,9 @@ class Method:
     def loss(self, x: torch.Tensor, y: torch.Tensor, task: int) -> torch.Tensor:
         return self.task_loss(x, y, task) + self.regulariser(task)
 
-    def before_update(self, task: int) -> None:
+    def before_update(self, task: int, optimizer: torch.optim.Optimizer) -> None:
         """.grad holds the gradient of what `loss` built through autograd; closed-form gradients are added here
-        (subclasses that override this call it)."""
+        (subclasses that override this call it); `optimizer` is about to step."""
         if self._orthogonal_grad is not None:
             w = self.net.lstm.weight_hh_l0
             w.grad = self._orthogonal_grad if w.grad is None else w.grad.add_(self._orthogonal_grad)

@@ -46,8 +46,8 @@ class OnlineEWC(Method):
             return loss
         return loss + self.penalty.evaluate(0.5 * self.cfg.params.ewc_lambda)  # its gradient: before_update
 
-    def before_update(self, task: int) -> None:
-        super().before_update(task)
+    def before_update(self, task: int, optimizer: torch.optim.Optimizer) -> None:
+        super().before_update(task, optimizer)
         self.penalty.add_gradient()
 
     def end_task(self, task: int, data: Task) -> None:

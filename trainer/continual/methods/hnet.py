@@ -2,9 +2,13 @@
 
 [chunk embedding || task embedding] -> MLP (ReLU hidden layers) -> one chunk of `hnet_chunk_size` weights;
 ceil(n / chunk_size) chunks cover the main network's n weights (the tail of the last chunk is unused).
-Task embeddings ~N(0, hnet_task_emb_std), chunk embeddings ~N(0, hnet_chunk_emb_std).  While learning
-task t the regulariser beta (1/t) sum_{t'<t} ||h(e_t') - target_t'||^2 keeps the weights of earlier tasks,
-with targets h(e_t') stored before task t.
+Task embeddings ~N(0, hnet_task_emb_std), chunk embeddings ~N(0, hnet_chunk_emb_std), the MLP's layers
+PyTorch's default init.  While learning task t the regulariser beta (1/t) sum_{t'<t} ||h(e_t') - target_t'||^2
+keeps the weights of earlier tasks, with targets h(e_t') stored before task t; as published
+(`flatten_and_remove_out_heads`), with one head per task each old task's term leaves out the other tasks'
+output rows, so it constrains the shared weights and its own head only.  Every parameter of the hypernetwork
+is in the optimizer, all task embeddings included (published: `hnet.parameters()`): the old ones move under
+the regulariser and the weight decay; the future ones get no gradient, so Adam leaves them as drawn.
 """
 from __future__ import annotations
 
@@ -33,9 +37,6 @@ class ChunkedHypernet(nn.Module):
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
         self.mlp = nn.Sequential(*layers)
-        with torch.no_grad():  # start near the main network's own init scale rather than saturating its gates
-            self.mlp[-1].weight.mul_(0.1)
-            self.mlp[-1].bias.zero_()
 
     def forward(self, tasks: list[int]) -> torch.Tensor:
         """Flat main-network weights for each task: [len(tasks), num_weights]."""
@@ -43,9 +44,6 @@ class ChunkedHypernet(nn.Module):
         inputs = torch.cat([self.chunk_emb[None].expand(len(tasks), -1, -1),
                             emb[:, None, :].expand(-1, self.num_chunks, -1)], dim=-1)
         return self.mlp(inputs).flatten(1)[:, :self.num_weights]
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return [self.chunk_emb, *self.mlp.parameters()]
 
 
 class HNET(Method):
@@ -58,10 +56,22 @@ class HNET(Method):
                                     hidden=list(p.hnet_hidden), task_emb=p.hnet_task_emb, chunk_emb=p.hnet_chunk_emb,
                                     task_emb_std=p.hnet_task_emb_std, chunk_emb_std=p.hnet_chunk_emb_std).to(device)
         self.targets: torch.Tensor | None = None
+        self.kept = self._regularised_weights()
 
     def param_groups(self, task: int) -> list[dict]:
-        current = [self.hnet.task_emb[task]] if task >= 0 else list(self.hnet.task_emb)
-        return [{"params": self.hnet.shared_parameters() + current}]
+        return [{"params": list(self.hnet.parameters())}]
+
+    def _regularised_weights(self) -> torch.Tensor:
+        """[num_tasks, num_weights] 0/1: for each task, the generated weights its regulariser term compares, all
+        but the output rows of the other tasks' heads (all of them with a single shared head)."""
+        kept = torch.ones(self.cfg.data.num_tasks, self.net.num_weights())
+        for t in range(self.cfg.data.num_tasks if self.cfg.net.multi_head else 0):
+            rows = torch.zeros(self.net.outputs, dtype=torch.bool)
+            rows[self.head(t)] = True
+            views = self.unflatten(kept[t])
+            views["head.weight"][~rows] = 0.0
+            views["head.bias"][~rows] = 0.0
+        return kept.to(self.device)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         out, start = {}, 0
@@ -80,7 +90,7 @@ class HNET(Method):
             reg = reg + self.cfg.net.orthogonal_reg * orthogonal_penalty(
                 self.unflatten(self.hnet([task])[0])["lstm.weight_hh_l0"])
         if task > 0 and self.targets is not None:
-            drift = ((self.hnet(list(range(task))) - self.targets) ** 2).sum()
+            drift = ((self.hnet(list(range(task))) - self.targets) ** 2 * self.kept[:task]).sum()
             reg = reg + self.cfg.params.hnet_beta * drift / task
         return reg
 
