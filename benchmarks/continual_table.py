@@ -10,8 +10,8 @@ Each (run, seed) goes through the user's command, `python launch/continual.py me
 in a fresh process (its YAML: the published hyperparameters, on the synthetic stand-in unless --pickle names
 the real data), timed from process start to exit.  --jobs N runs N of them at once, each with --threads
 threads (default: this machine's cores / N, so that they do not oversubscribe it), longest first.  A record
-(summary, wall time, jobs, threads, load, machine, date, commit) is kept per run and seed in
---records/<run>/seed<seed>.json; runs already recorded are skipped (--redo measures them again), so a table
+(summary, wall time, jobs, threads, load, machine, date, commit) is kept per run, iteration count and seed
+in --records/<run>/n_iter<n>/seed<seed>.json; runs already recorded are skipped (--redo measures them again), so a table
 can be filled one session, or one cluster job, at a time.  The table aggregates every record there: mean +/-
 std over seeds (population std, as the published gather script computes it; the published numbers are
 single values) of the runs that finished; a run stopped by its during-accuracy criterion is counted apart,
@@ -54,7 +54,7 @@ class Job:
     n_iter: int
 
     def record(self, records: Path) -> Path:
-        return records / self.run / f"seed{self.seed}.json"
+        return records / self.run / f"n_iter{self.n_iter}" / f"seed{self.seed}.json"
 
 
 def plan(runs: list[str], seeds: list[int], scale: float) -> list[Job]:
@@ -119,7 +119,7 @@ def run_jobs(jobs: list[Job], records: Path, *, parallel: int, threads: int, pic
 
 
 def load_records(records: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for run in PUBLISHED for p in sorted((records / run).glob("seed*.json"))]
+    return [json.loads(p.read_text()) for run in PUBLISHED for p in sorted((records / run).glob("n_iter*/seed*.json"))]
 
 
 def aggregate(records: list[dict]) -> list[dict]:
@@ -213,7 +213,7 @@ def main() -> None:
     p.add_argument("--n-iter-scale", type=float, default=1.0)
     p.add_argument("--pickle", help="the published audioset_data_balanced.pickle (default: synthetic stand-in)")
     p.add_argument("--records", type=Path, default=REPO / "benchmarks" / "results" / "continual",
-                   help="folder of <run>/seed<seed>.json records (the table's source)")
+                   help="folder of <run>/n_iter<n>/seed<seed>.json records (the table's source)")
     p.add_argument("--redo", action="store_true", help="measure runs that have a record again")
     p.add_argument("--list", action="store_true", help="print the plan (index, run, seed, n_iter) and exit")
     p.add_argument("--index", type=int, help="measure only this entry of the plan (e.g. $SLURM_ARRAY_TASK_ID)")

@@ -56,14 +56,15 @@ def test_seeds_side_by_side_then_skipped_when_recorded(tmp_path):
             "0.0004", "--records", str(tmp_path)]
     done = run_command(args)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 run(s) to measure (0 recorded already), 2 at once, 1 thread(s) each" in done.stdout
-    first, second = (json.loads((tmp_path / "finetune" / f"seed{s}.json").read_text()) for s in (0, 1))
+    threads = max(1, (os.cpu_count() or 1) // 2)  # the cores shared by the 2 runs
+    assert f"2 run(s) to measure (0 recorded already), 2 at once, {threads} thread(s) each" in done.stdout
+    first, second = (json.loads((tmp_path / "finetune" / "n_iter20" / f"seed{s}.json").read_text()) for s in (0, 1))
     assert (first["seed"], second["seed"]) == (0, 1) and first["n_iter"] == 20
-    assert first["jobs"] == 2 and first["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert first["jobs"] == 2 and first["threads"] == threads
     assert first["accuracy_matrix"] != second["accuracy_matrix"]  # train.seed reached the run
     again = run_command(args)
     assert again.returncode == 0 and "to measure" not in again.stdout  # nothing left: the table only
-    assert json.loads((tmp_path / "finetune" / "seed0.json").read_text()) == first
+    assert json.loads((tmp_path / "finetune" / "n_iter20" / "seed0.json").read_text()) == first
     assert "| finetune " in again.stdout
 
 
@@ -73,8 +74,8 @@ def test_slurm_array_task_measures_its_entry_of_the_plan(tmp_path):
     common = ["--runs", "si", "finetune", "--seeds", "0", "--n-iter-scale", "0.0004", "--records", str(tmp_path)]
     done = subprocess.run(["bash", script, *common], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")] == ["si/seed0.json"]  # entry 1
-    assert json.loads((tmp_path / "si" / "seed0.json").read_text())["threads"] == 1
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")] == ["si/n_iter10/seed0.json"]  # entry 1
+    assert json.loads((tmp_path / "si" / "n_iter10" / "seed0.json").read_text())["threads"] == 1
     env["SLURM_ARRAY_TASK_ID"] = "2"
     wrong = subprocess.run(["bash", script, *common], env=env, capture_output=True, text=True, timeout=600)
     assert wrong.returncode != 0 and "--index 2: the plan has 2 entries (0..1)" in wrong.stderr

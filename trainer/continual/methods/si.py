@@ -58,11 +58,13 @@ def adam_step_preview(optimizer: torch.optim.Adam, params: list[torch.Tensor], g
     for p, grad in zip(params, grads):
         group, state = group_of[id(p)], optimizer.state.get(p, {})
         (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
-        t = float(state["step"]) + 1 if state else 1.0
-        m = state["exp_avg"] * beta1 + (1 - beta1) * grad if state else (1 - beta1) * grad
-        v = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad if state else (1 - beta2) * grad * grad
+        if state:  # the step count stays a tensor: reading it on a GPU would wait for the device every iteration
+            t = state["step"] + 1
+            m, v = state["exp_avg"] * beta1 + (1 - beta1) * grad, state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+        else:
+            t, m, v = torch.ones((), device=grad.device), (1 - beta1) * grad, (1 - beta2) * grad * grad
         bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
-        steps.append(m.div_(v.sqrt_().div_(bias2 ** 0.5).add_(eps)).mul_(-lr / bias1))
+        steps.append(m.div_(v.sqrt_().div_(bias2.sqrt()).add_(eps)).mul_(-lr / bias1))
     return steps
 
 
