@@ -196,7 +196,7 @@ def plot(rows: list[dict], path: Path) -> None:
     for offset, key, label in ((-0.27, "during_accuracy", "during (ours)"), (0.0, "final_accuracy", "final (ours)")):
         ax.bar(pos + offset, [r[key][0] for r in rows], 0.27, yerr=[r[key][1] for r in rows], capsize=3, label=label)
     ax.bar(pos + 0.27, [PUBLISHED[r["run"]][1] or 0 for r in rows], 0.27, label="final (published)")
-    ax.set_xticks(pos, [r["run"] for r in rows], rotation=30, ha="right")
+    ax.set_xticks(pos, [f"{r['run']}\n{r['n_iter']} it/task" for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("accuracy % (mean ± std over seeds)")
     ax.legend()
     fig.tight_layout()

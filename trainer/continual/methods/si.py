@@ -3,10 +3,10 @@
 Each step: omega += delta * (-g).  As published with `si_task_loss_only`, g is the gradient of the task loss
 alone and delta the step Adam would take from g alone (its moments advanced by g, not the penalty's gradient,
 the clipping or the weight decay; the optimizer itself is left untouched: published `calc_delta_theta`);
-otherwise g is the whole loss's gradient and delta the update the optimizer actually made.  At task end: Omega += max(0, omega / ((theta_end - theta_start)^2 + xi)), omega <- 0,
-theta_prev <- theta_end.  Penalty: lambda sum Omega (theta - theta_prev)^2, its gradient in closed form
-(`QuadraticPenalty`), added after the backward pass (as the orthogonal regulariser's is), so that .grad
-first holds the task loss's alone.
+otherwise g is the whole loss's gradient and delta the update the optimizer actually made.  At task end:
+Omega += max(0, omega / ((theta_end - theta_start)^2 + xi)), omega <- 0, theta_prev <- theta_end.
+Penalty: lambda sum Omega (theta - theta_prev)^2, its gradient in closed form (`QuadraticPenalty`), added after
+the backward pass (as the orthogonal regulariser's is), so that .grad first holds the task loss's alone.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def adam_step_preview(optimizer: torch.optim.Adam, params: list[torch.Tensor], g
         (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
         if state:  # the step count stays a tensor: reading it on a GPU would wait for the device every iteration
             t = state["step"] + 1
-            m, v = state["exp_avg"] * beta1 + (1 - beta1) * grad, state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
+            m = state["exp_avg"] * beta1 + (1 - beta1) * grad
+            v = state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad
         else:
             t, m, v = torch.ones((), device=grad.device), (1 - beta1) * grad, (1 - beta2) * grad * grad
         bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
