@@ -33,7 +33,8 @@ def _record(run, seed, during, final, bwt, stopped=None, n_iter=100):
 
 
 def test_aggregation_is_the_mean_and_population_std_of_the_finished_seeds():
-    records = [_record("si", 0, 80.0, 70.0, -5.0), _record("si", 1, 84.0, 66.0, -9.0), _record("si", 2, 90.0, 71.0, -1.0),
+    records = [_record("si", 0, 80.0, 70.0, -5.0), _record("si", 1, 84.0, 66.0, -9.0),
+               _record("si", 2, 90.0, 71.0, -1.0),
                _record("hnet", 0, 70.0, 60.0, -2.0), _record("hnet", 1, 50.0, 40.0, -9.0, stopped="task 3 ..."),
                _record("si", 0, 60.0, 50.0, -3.0, n_iter=10)]
     rows = {(r["run"], r["n_iter"]): r for r in continual_table.aggregate(records)}
@@ -74,7 +75,8 @@ def test_slurm_array_task_measures_its_entry_of_the_plan(tmp_path):
     common = ["--runs", "si", "finetune", "--seeds", "0", "--n-iter-scale", "0.0004", "--records", str(tmp_path)]
     done = subprocess.run(["bash", script, *common], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")] == ["si/n_iter10/seed0.json"]  # entry 1
+    recorded = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")]
+    assert recorded == ["si/n_iter10/seed0.json"]  # entry 1 of the plan [finetune, si]
     assert json.loads((tmp_path / "si" / "n_iter10" / "seed0.json").read_text())["threads"] == 1
     env["SLURM_ARRAY_TASK_ID"] = "2"
     wrong = subprocess.run(["bash", script, *common], env=env, capture_output=True, text=True, timeout=600)

@@ -72,9 +72,9 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
     atoms_per_class / atoms classes spread over all tasks: what is learnt for one task serves others (transfer)
     and a new task re-purposes the units the old heads read (interference).  A sample scales each envelope by
     its own gain with a per-frame jitter, adds `background_atoms` random atoms with random envelopes (other
-    sounds in the clip), is rotated in time by up to `max_shift` frames (events are not aligned with the clip) and sits on
-    background noise codes.  Values stay small (raw codes, no normalisation, as published), so that short runs
-    learn without saturating the LSTM's gates.
+    sounds in the clip), is rotated in time by up to `max_shift` frames (events are not aligned with the clip)
+    and sits on background noise codes.  Values stay small (raw codes, no normalisation, as published), so that
+    short runs learn without saturating the LSTM's gates.
     """
     rng = np.random.default_rng(seed)
     basis = np.zeros((atoms, CODES), np.float32)
@@ -83,14 +83,15 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
     members = np.stack([rng.choice(atoms, atoms_per_class, replace=False) for _ in range(num_classes)])
     y = np.repeat(np.arange(num_classes), train_per_class + test_per_class)
     envelopes = _random_walks(rng, (num_classes, atoms_per_class))
-    gains = rng.uniform(0.6, 1.4, (len(y), atoms_per_class, 1)) * (1 + rng.normal(0, 0.3, (len(y), atoms_per_class, FRAMES)))
+    gains = (rng.uniform(0.6, 1.4, (len(y), atoms_per_class, 1))
+             * (1 + rng.normal(0, 0.3, (len(y), atoms_per_class, FRAMES))))
     x = rng.standard_normal((len(y), FRAMES, CODES), dtype=np.float32) * noise + 3.0
     for j in range(atoms_per_class):  # activation [N, frames] of each sample's j-th class atom times its profile
         x += signal * (envelopes[y, j] * gains[:, j]).astype(np.float32)[:, :, None] * basis[members[y, j]][:, None, :]
     for _ in range(background_atoms):
         x += signal * _random_walks(rng, (len(y),))[:, :, None] * basis[rng.integers(0, atoms, len(y))][:, None, :]
-    late = (np.arange(FRAMES)[None, :] - rng.integers(0, max_shift + 1, len(y))[:, None]) % FRAMES
-    x = np.clip(np.rint(np.take_along_axis(x, late[:, :, None], 1)), 0, 255).astype(np.uint8)
+    rotated = (np.arange(FRAMES)[None, :] - rng.integers(0, max_shift + 1, len(y))[:, None]) % FRAMES
+    x = np.clip(np.rint(np.take_along_axis(x, rotated[:, :, None], 1)), 0, 255).astype(np.uint8)
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
     train_ind, test_ind = [], []
