@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from continual_table import PUBLISHED, plan, run_jobs
+from continual_table import PUBLISHED, default_threads, plan, run_jobs
 from machine import device_name
 
 
@@ -38,10 +38,10 @@ def main() -> None:
     for _ in range(args.repeats):
         for n in args.jobs:
             with tempfile.TemporaryDirectory() as scratch:
-                walls[n].append(run_jobs(jobs, Path(scratch), parallel=n, threads=max(1, cores // n), pickle=None))
+                walls[n].append(run_jobs(jobs, Path(scratch), parallel=n, threads=default_threads(n), pickle=None))
             print(f"--jobs {n}: {walls[n][-1]:.1f} s", flush=True)
     base = statistics.median(walls[args.jobs[0]])
-    rows = [[n, max(1, cores // n), " / ".join(f"{w:.1f}" for w in walls[n]), f"{statistics.median(walls[n]):.1f}",
+    rows = [[n, default_threads(n), " / ".join(f"{w:.1f}" for w in walls[n]), f"{statistics.median(walls[n]):.1f}",
              f"{base / statistics.median(walls[n]):.2f}x"] for n in args.jobs]
     text = (f"## Split AudioSet seeds side by side, {device_name(torch.device('cpu'))} ({cores} cores), "
             f"{datetime.date.today()}\n\n"

@@ -65,6 +65,11 @@ def plan(runs: list[str], seeds: list[int], scale: float) -> list[Job]:
     return sorted(jobs, key=lambda j: (seeds.index(j.seed), -j.n_iter))
 
 
+def default_threads(jobs: int) -> int:
+    """Threads per run when `jobs` runs share this machine: its cores split evenly, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def measure(job: Job, pickle: str | None, threads: int, jobs: int) -> dict:
     """One run through launch/continual.py in its own process; its summary plus the wall time."""
     # the code measured is the code at the start: edits made while a run goes on must not be credited to it
@@ -231,7 +236,7 @@ def main() -> None:
         if not 0 <= args.index < len(jobs):
             p.error(f"--index {args.index}: the plan has {len(jobs)} entries (0..{len(jobs) - 1}); see --list")
         jobs = [jobs[args.index]]
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or default_threads(args.jobs)
     pending = [] if args.table_only else [j for j in jobs if args.redo or not j.record(args.records).is_file()]
     if pending:
         print(f"{len(pending)} run(s) to measure ({len(jobs) - len(pending)} recorded already), {args.jobs} at once, "
