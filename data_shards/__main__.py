@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     pk.add_argument("--val-fraction", type=float, default=None,
                     help="datasets without a 'val' split: hold out this fraction of the train split's recordings "
                          "(whole identifiers, per class) as 'val' (default: none; demo: 0.25)")
+    pk.add_argument("--keep-lists-whole", action="store_true",
+                    help="with --val-fraction: the held-out recordings leave 'train' only and the other lists "
+                         "(TAU's split5..split100) stay as published, for the reference protocol, which trains on "
+                         "them whole (the trainer refuses to validate on 'val' while training on a list it shares)")
     pk.add_argument("--overwrite", action="store_true", help="replace an existing packed dataset")
     pk.add_argument("--strict", action="store_true", help="exit with status 3 if any file was rejected")
     csv = pk.add_argument_group("csv source")
@@ -85,7 +89,8 @@ def _scans(args) -> list[Scan]:
 def _pack(args) -> int:
     options = PackOptions(out=args.out, name=args.name, sample_rate=args.sample_rate, audio_format=args.audio_format,
                           shard_bytes=args.shard_size, shard_samples=args.shard_samples, workers=args.workers,
-                          seed=args.seed, overwrite=args.overwrite, val_fraction=args.val_fraction)
+                          seed=args.seed, overwrite=args.overwrite, val_fraction=args.val_fraction,
+                          keep_lists_whole=args.keep_lists_whole)
     if args.source == "demo":
         folders = demo.generate(args.root, seed=args.seed, size=demo.DemoSize().scaled(args.demo_scale))
         log.info("demo corpus in %s", args.root)

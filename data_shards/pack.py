@@ -48,6 +48,7 @@ class PackOptions:
     seed: int = 0  # shuffle seed
     overwrite: bool = False  # replace an existing packed dataset
     val_fraction: float | None = None  # hold out this fraction of train's recordings as split 'val'
+    keep_lists_whole: bool = False  # held-out recordings leave 'train' only; the other lists stay as published
 
 
 @dataclass
@@ -119,7 +120,7 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
     if options.audio_format not in FORMATS:
         raise ValueError(f"audio format {options.audio_format!r} is not one of {', '.join(FORMATS)}")
     if options.val_fraction:
-        scan = hold_out(scan, options.val_fraction, options.seed)
+        scan = hold_out(scan, options.val_fraction, options.seed, keep_lists_whole=options.keep_lists_whole)
     name = options.name or scan.dataset
     folder = Path(options.out) / name
     partial = Path(options.out) / f".{name}.partial"
@@ -164,6 +165,8 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
                     "seconds": round(seconds, 3),
                     "class_counts": {c: classes[c] for c in scan.classes},
                     "device_counts": dict(sorted(devices.items())),
+                    "val_removed": scan.val_removed.get(split, 0),
+                    "val_overlap": scan.val_overlap.get(split, 0),
                     "shards": [asdict(s) for s in shards],
                 }
     except BaseException:
@@ -187,7 +190,7 @@ def pack(scan: Scan, options: PackOptions) -> PackResult:
         "num_rejected": len(rejected),
         "conversions": dict(sorted(conversions.items())),
         "options": {"seed": options.seed, "shard_bytes": options.shard_bytes, "shard_samples": options.shard_samples,
-                    "val_fraction": options.val_fraction},
+                    "val_fraction": options.val_fraction, "keep_lists_whole": options.keep_lists_whole},
     }
     write_atomic(partial / REJECTED, _rejected_csv(rejected))
     write_atomic(partial / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())

@@ -50,6 +50,8 @@ class Scan:
     splits: dict[str, list[SourceFile]]
     sample_rate: int  # the dataset's native rate: the default target rate of the shards
     rejected: list[Rejection] = field(default_factory=list)
+    val_removed: dict[str, int] = field(default_factory=dict)  # per split: clips of held-out recordings taken out
+    val_overlap: dict[str, int] = field(default_factory=dict)  # per split: clips of held-out recordings left in
 
     def num_files(self) -> int:
         return sum(len(files) for files in self.splits.values())
@@ -125,12 +127,15 @@ def drop_unknown_labels(files: list[SourceFile], classes: list[str]) -> tuple[li
     return kept, rejected
 
 
-def hold_out(scan: Scan, fraction: float, seed: int, *, source: str = "train", name: str = "val") -> Scan:
+def hold_out(scan: Scan, fraction: float, seed: int, *, source: str = "train", name: str = "val",
+             keep_lists_whole: bool = False) -> Scan:
     """Move a seeded `fraction` of `source`'s recordings (identifiers), per class, into a new split `name`.
 
     Whole identifiers move, so segments of one recording never straddle training and validation.
     The held-out recordings also leave every other split except `test` (TAU's low-resource lists
     are subsets of its train list), so the validation split is disjoint from all training data.
+    With `keep_lists_whole` they leave `source` only: the other lists stay as published (the reference
+    protocol trains on them whole) and the clips they share with `name` are counted in `val_overlap`.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
@@ -147,8 +152,13 @@ def hold_out(scan: Scan, fraction: float, seed: int, *, source: str = "train", n
         ids = sorted(by_class[label])
         count = max(1, round(fraction * len(ids))) if len(ids) > 1 else 0
         held.update(rng.sample(ids, count))
-    splits = {}
+    splits, removed, overlap = {}, {}, {}
     for split, files in scan.splits.items():
-        splits[split] = files if split == "test" else [f for f in files if (f.identifier or f.source) not in held]
+        kept = files
+        if split != "test" and (split == source or not keep_lists_whole):
+            kept = [f for f in files if (f.identifier or f.source) not in held]
+        splits[split] = kept
+        removed[split] = len(files) - len(kept)
+        overlap[split] = sum((f.identifier or f.source) in held for f in kept)
     splits[name] = [replace(f, split=name) for f in scan.splits[source] if (f.identifier or f.source) in held]
-    return replace(scan, splits=splits)
+    return replace(scan, splits=splits, val_removed=removed, val_overlap=overlap)

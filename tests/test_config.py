@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from trainer.config import ConfigError, deepspeed_config, load_config, validate
+from trainer.config import ConfigError, deepspeed_config, load_config, selection, validate
 from trainer.model.frontend import FrontendConfig
 
 from .helpers import train_overrides
@@ -53,7 +53,8 @@ def test_unknown_stage_lists_the_stages():
     ("train.micro_batch=3", 1, r"train.global_batch=8 is not a multiple of train.micro_batch=3 x 1"),
     ("optim.method=slow", 1, r"optim.method='slow' is not one of sit, seq_ft, standard_ft"),
     ("train.zero_stage=3", 1, r"train.zero_stage=3 is not one of 0, 1, 2"),
-    ("data.val_split=test", 1, r"data.val_split and data.test_split are both 'test'"),
+    ("head_init=xavier", 1, r"head_init='xavier' is not one of trunc_normal, torch_default"),
+    ("model.long_clips=last", 1, r"model.long_clips='last' is not one of windows, first"),
     ("data.train_split=split7", 1, r"data.train_split='split7': .* has splits train, val, test"),
     ("data.val_split=valid", 1, r"data.val_split='valid': .* has splits train, val, test"),
     ("data.clip_seconds=null", 1, r"data.clip_seconds=None: training needs a fixed clip length"),
@@ -114,7 +115,7 @@ def test_shards_of_an_older_packer_stop_the_run_with_the_repack_command(trainabl
     from trainer.demo import _packed
 
     root = tmp_path / "shards"
-    for name in ("cochlscene", "tau22"):
+    for name in ("cochlscene", "tau22", "tau22_whole"):
         shutil.copytree(trainable / name, root / name)
     assert _packed(root)
     manifest = json.loads((root / "cochlscene" / "manifest.json").read_text())
@@ -124,3 +125,41 @@ def test_shards_of_an_older_packer_stop_the_run_with_the_repack_command(trainabl
     with pytest.raises(ConfigError, match=r"data.dataset=cochlscene: .*labels_extension .*re-pack"):
         validate(cfg, 1)
     assert not _packed(root)  # --demo re-packs its own corpus instead of failing
+
+
+def test_protocol_is_a_preset_between_the_stage_and_the_overrides():
+    ref = load_config("tau", ["protocol=reference", "train.epochs=2"])
+    assert (ref.protocol, ref.data.dataset, ref.data.whole_lists, ref.data.val_split) == ("reference", "tau22_whole",
+                                                                                          True, "test")
+    assert (ref.train.select_metric, ref.head_init, ref.model.long_clips) == ("log_loss", "torch_default", "first")
+    assert selection(ref) == {"split": "test", "metric": "log_loss", "kept": "best epoch", "on_test": True}
+    assert ref.train.epochs == 2 and ref.optim.lr == 1e-5  # the stage's recipe and the overrides still apply
+    # an override after the preset wins over it; the project protocol is the stage file itself
+    assert load_config("tau", ["protocol=reference", "train.select_metric=accuracy"]).train.select_metric == "accuracy"
+    project = load_config("tau", ["protocol=project"])
+    assert (project.data.dataset, project.data.val_split, project.head_init) == ("tau22", "val", "trunc_normal")
+    assert selection(project)["on_test"] is False
+    cochl = load_config("cochl", ["protocol=reference"])
+    assert (cochl.data.val_split, cochl.train.select_metric, cochl.model.long_clips) == ("val", "log_loss", "first")
+    assert selection(load_config("tau", ["data.val_split=null"]))["kept"] == "last epoch"
+    with pytest.raises(ConfigError, match="protocol='paper' is not one of project, reference"):
+        load_config("tau", ["protocol=paper"])
+
+
+def test_split_lists_against_the_validation_hold_out(trainable, tmp_path):
+    """tau22 was packed with the val recordings taken out of every list; tau22_whole keeps split* whole."""
+    base = train_overrides(trainable, tmp_path, "x", dataset="tau22") + ["data.train_split=split50"]
+    trimmed = json.loads((trainable / "tau22" / "manifest.json").read_text())["splits"]["split50"]
+    whole = json.loads((trainable / "tau22_whole" / "manifest.json").read_text())["splits"]
+    assert trimmed["val_removed"] > 0 and trimmed["val_overlap"] == 0
+    assert whole["split50"]["val_removed"] == 0 and whole["split50"]["val_overlap"] == trimmed["val_removed"]
+    assert whole["split50"]["num_samples"] == trimmed["num_samples"] + trimmed["val_removed"]
+    assert whole["train"]["val_overlap"] == 0 and whole["test"]["val_overlap"] == 0  # only the lists stay whole
+    validate(load_config("tau", base), 1)  # the project protocol on trimmed lists
+    with pytest.raises(ConfigError, match=r"data.whole_lists=true, but \d+ clip\(s\) .* --keep-lists-whole"):
+        validate(load_config("tau", base + ["data.whole_lists=true"]), 1)
+    with pytest.raises(ConfigError, match=r"data.train_split='split50' shares \d+ clip\(s\) with data.val_split='val'"):
+        validate(load_config("tau", base + ["data.dataset=tau22_whole"]), 1)
+    for val in ("null", "test"):  # whole lists without selecting on training data
+        validate(load_config("tau", base + ["data.dataset=tau22_whole", "data.whole_lists=true",
+                                            f"data.val_split={val}"]), 1)

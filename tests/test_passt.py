@@ -226,3 +226,44 @@ def test_flop_count_matches_the_reference_table():
     assert flops_per_sample(cfg, 100, training=False) / 2 == pytest.approx(9.6e9, rel=0.01)
     assert flops_per_sample(cfg, 998, training=False) / 2 == pytest.approx(127.4e9, rel=0.01)
     assert flops_per_sample(cfg, 138, training=True) < flops_per_sample(cfg, 138, training=False) / 1.9
+
+
+def test_first_long_clip_policy_keeps_the_first_99_patches_in_training_and_eval():
+    model = passt_micro(10, long_clips="first").eval()
+    mel = _mel(2, 1379)  # 137 time patches
+    w = model.config.window_frames
+    with torch.no_grad():
+        torch.testing.assert_close(model(mel)[0], model.forward_head(model.forward_features(mel[..., :w])))
+        windows = passt_micro(10).eval()
+        windows.load_state_dict(model.state_dict())
+        assert not torch.allclose(windows(mel)[0], model(mel)[0])  # the averaged windows differ
+    model.train()
+    seen = []
+    model.forward_features = lambda x: seen.append(x.clone()) or torch.zeros(x.shape[0], 32)
+    for _ in range(3):
+        model(mel)
+    assert all(torch.equal(x, mel[..., :w]) for x in seen)  # never a random crop
+
+
+def test_torch_default_head_init_is_a_fresh_norm_and_pytorch_linear(tmp_path):
+    model = passt_micro(527)
+    torch.nn.init.normal_(model.head[0].weight)  # a trained head norm, as the CochlScene stage leaves it
+    model.reinit_heads(10, "torch_default")
+    norm, linear = model.head
+    assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))
+    bound = 1 / 32 ** 0.5  # nn.Linear's default: Kaiming-uniform(a=sqrt 5) weight and uniform bias, both +-1/sqrt(fan_in)
+    for p in (linear.weight, linear.bias):
+        assert p.abs().max() <= bound and p.abs().max() > 0.8 * bound
+    assert linear.weight.std() > 0.08  # uniform(+-0.177) has std 0.102; trunc-normal(0.02) would be ~0.02
+    assert model.head_dist.out_features == 10 == model.num_classes
+    with pytest.raises(ValueError, match="head init must be one of trunc_normal, torch_default"):
+        model.reinit_heads(10, "xavier")
+    # from a checkpoint with another class count, head.0 is fresh too (the default keeps the trained one)
+    trained = passt_micro(13)
+    torch.nn.init.normal_(trained.head[0].weight)
+    torch.save(trained.state_dict(), tmp_path / "cochl.pt")
+    fresh = load_pretrained(passt_micro(10), tmp_path / "cochl.pt", head_init="torch_default")
+    assert torch.equal(fresh.head[0].weight, torch.ones(32)) and fresh.head[1].bias.abs().max() > 0
+    torch.testing.assert_close(fresh.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)
+    kept = load_pretrained(passt_micro(10), tmp_path / "cochl.pt")
+    torch.testing.assert_close(kept.head[0].weight, trained.head[0].weight)

@@ -1,7 +1,7 @@
 """The trainer's typed configuration: `configs/<stage>.yaml` + dotted overrides, validated before any work.
 
 Layers, later wins: the dataclass defaults below -> `configs/<stage>.yaml` -> `configs/demo/<stage>.yaml`
-(with `--demo`) -> `key=value` overrides.  OmegaConf merges them into the structured schema, so an
+(with `--demo`) -> `configs/protocol/<protocol>/<stage>.yaml` (with `protocol=<name>`) -> `key=value` overrides.  OmegaConf merges them into the structured schema, so an
 unknown key or a value of the wrong type is an error that names the full key.  `validate` then checks
 what depends on several fields or on the files (batch arithmetic, splits, checkpoints) and names the
 key to change.  Every number of the recipe lives in configs/; the DeepSpeed JSON is generated from
@@ -19,10 +19,11 @@ from .data.dataset import DatasetError, check_request, open_dataset
 from .data.epoch import plan_epoch
 from .data.loader import BACKENDS
 from .model.frontend import FrontendConfig
-from .model.passt import MODELS, PaSSTConfig
+from .model.passt import HEAD_INITS, LONG_CLIPS, MODELS, PaSSTConfig
 from .sit import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PROTOCOLS = ("project", "reference")
 SELECT_METRICS = {"accuracy": 1.0, "macro_accuracy": 1.0, "log_loss": -1.0}  # +1: higher is better
 
 
@@ -33,7 +34,9 @@ class DataConfig:
     root: str = "data/shards"  # folder holding packed datasets (python -m data_shards pack --out ROOT)
     dataset: str = MISSING  # packed dataset folder under root: cochlscene, tau22, ...
     train_split: str = "train"  # split to train on (TAU low-resource: split5 ... split100)
-    val_split: str = "val"  # split for model selection; must not be the test split
+    val_split: str | None = "val"  # split for model selection; null: none, the last epoch is kept; = test_split:
+    # selection on test (the reference's TAU protocol), allowed with a warning and flagged in summary.json
+    whole_lists: bool = False  # train on the split list as published: refuse one packed with validation recordings taken out
     test_split: str = "test"  # split evaluated once with the selected model
     backend: str = "dali"  # dali | torch (plain DataLoader reader of the same shards)
     clip_seconds: float | None = 10.0  # training crop / evaluation pad length; null: whole clips (eval only)
@@ -55,6 +58,7 @@ class ModelConfig:
     attention: str = PaSSTConfig.attention  # sdpa | plain
     checkpoint_activations: bool = PaSSTConfig.checkpoint_activations  # recompute block activations in backward
     compile: bool = False  # torch.compile the model (one graph; the first steps compile, ~2 min for passt_s)
+    long_clips: str = PaSSTConfig.long_clips  # past 99 time patches: windows (random crop, averaged windows) | first
 
     def passt_settings(self) -> dict:
         """The PaSSTConfig fields this config sets (every field but `name` and `compile`)."""
@@ -129,8 +133,10 @@ class Config:
     """One training stage."""
 
     stage: str = MISSING  # stage name: the run folder's parent (cochl, tau, standard_ft, ...)
+    protocol: str = "project"  # project (held-out validation) | reference (configs/protocol/reference/<stage>.yaml)
     init_from: str | None = None  # weights to start from: AudioSet PaSST checkpoint or an earlier stage's model.pt
     reinit_heads: bool = True  # fresh classifier heads even if the class count matches (the SIT stage rule)
+    head_init: str = "trunc_normal"  # new heads: trunc_normal (head.0 kept) | torch_default (fresh LayerNorm + Linear)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
@@ -146,7 +152,10 @@ def available_stages(configs: Path = CONFIGS) -> list[str]:
 
 
 def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, configs: Path = CONFIGS) -> Config:
-    """Merge the layers for `stage` and return the typed config (not yet validated against files)."""
+    """Merge the layers for `stage` and return the typed config (not yet validated against files).
+
+    `protocol=<name>` among the overrides selects a preset: `configs/protocol/<name>/<stage>.yaml`, merged
+    after the stage (and demo) layers and before the other overrides, which still win."""
     layers = [configs / f"{stage}.yaml"]
     if not layers[0].is_file():
         raise ConfigError(f"no config for stage {stage!r} ({layers[0]}); stages: {', '.join(available_stages(configs))}")
@@ -154,6 +163,13 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
         layers.append(configs / "demo" / f"{stage}.yaml")
         if not layers[1].is_file():
             raise ConfigError(f"--demo has no settings for stage {stage!r} ({layers[1]})")
+    protocol = [o.split("=", 1)[1] for o in overrides if o.startswith("protocol=")]
+    if protocol and protocol[-1] != "project":
+        _choice("protocol", protocol[-1], PROTOCOLS)
+        preset = configs / "protocol" / protocol[-1] / f"{stage}.yaml"
+        if not preset.is_file():
+            raise ConfigError(f"protocol={protocol[-1]} has no preset for stage {stage!r} ({preset})")
+        layers.append(preset)
     return merge_layers(Config, layers, {"stage": stage}, overrides, example="train.epochs=5")
 
 
@@ -182,6 +198,9 @@ def validate(cfg: Config, world_size: int) -> dict:
     _choice("train.device", cfg.train.device, ("auto", "cuda", "cpu"))
     _choice("train.select_metric", cfg.train.select_metric, SELECT_METRICS)
     _choice("run.resume", cfg.run.resume, ("auto", "never"))
+    _choice("protocol", cfg.protocol, PROTOCOLS)
+    _choice("head_init", cfg.head_init, HEAD_INITS)
+    _choice("model.long_clips", cfg.model.long_clips, LONG_CLIPS)
     for key, value in (("train.epochs", cfg.train.epochs), ("train.micro_batch", cfg.train.micro_batch),
                        ("train.eval_batch", cfg.train.eval_batch), ("train.global_batch", cfg.train.global_batch),
                        ("run.keep_checkpoints", cfg.run.keep_checkpoints), ("run.log_every", cfg.run.log_every)):
@@ -194,9 +213,6 @@ def validate(cfg: Config, world_size: int) -> dict:
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0 (or null for one per CPU), got {cfg.data.num_workers}")
     accumulation = gradient_accumulation(cfg, world_size)
-    if cfg.data.val_split == cfg.data.test_split:
-        raise ConfigError(f"data.val_split and data.test_split are both {cfg.data.test_split!r}: choose the best "
-                          "epoch on a split disjoint from test (pack one with --val-fraction)")
     if cfg.init_from and not Path(cfg.init_from).is_file():
         raise ConfigError(f"init_from={cfg.init_from}: no such file; give the AudioSet PaSST checkpoint "
                           "(passt-s-f128-p16-s10-ap.476-swa.pt) or an earlier stage's runs/<stage>/<run>/model.pt, "
@@ -211,6 +227,8 @@ def validate(cfg: Config, world_size: int) -> dict:
         for key, split, training in (("data.train_split", cfg.data.train_split, True),
                                      ("data.val_split", cfg.data.val_split, False),
                                      ("data.test_split", cfg.data.test_split, False)):
+            if split is None:
+                continue
             check_request(folder, manifest, split, training=training, clip_seconds=cfg.data.clip_seconds,
                           dir_prob=cfg.augment.dir_prob if training else 0.0)
     except DatasetError as exc:
@@ -219,6 +237,7 @@ def validate(cfg: Config, world_size: int) -> dict:
                               "(or try the built-in demo: --demo)") from None
         raise ConfigError(exc.named({"split": key, "clip_seconds": "data.clip_seconds",
                                      "dir_prob": "augment.dir_prob"}[exc.setting])) from None
+    _check_lists(cfg, manifest)
     samples = manifest["splits"][cfg.data.train_split]["num_samples"]
     try:
         plan_epoch(samples, cfg.train.micro_batch, world_size=world_size, training=True, accumulation=accumulation)
@@ -227,6 +246,28 @@ def validate(cfg: Config, world_size: int) -> dict:
                           f"train.global_batch={cfg.train.global_batch} on {world_size} rank(s); lower "
                           "train.global_batch") from None
     return manifest
+
+
+def _check_lists(cfg: Config, manifest: dict) -> None:
+    """The training list against the validation hold-out made at pack time (manifest `val_removed` / `val_overlap`)."""
+    train = manifest["splits"][cfg.data.train_split]
+    if cfg.data.whole_lists and train.get("val_removed", 0):
+        raise ConfigError(f"data.whole_lists=true, but {train['val_removed']} clip(s) of the recordings held out as "
+                          f"'val' were taken out of data.train_split={cfg.data.train_split!r} when "
+                          f"{cfg.data.folder} was packed; pack it again with --val-fraction ... --keep-lists-whole "
+                          "(or without --val-fraction), or set data.whole_lists=false")
+    if cfg.data.val_split == "val" and cfg.data.train_split != "val" and train.get("val_overlap", 0):
+        raise ConfigError(f"data.train_split={cfg.data.train_split!r} shares {train['val_overlap']} clip(s) with "
+                          f"data.val_split='val' ({cfg.data.folder} was packed with --keep-lists-whole): selecting "
+                          "on it would select on training data; set data.val_split=null (keep the last epoch) or "
+                          "use a dataset packed without --keep-lists-whole")
+
+
+def selection(cfg: Config) -> dict:
+    """What the kept model is chosen on, as summary.json records it."""
+    split = cfg.data.val_split
+    return {"split": split, "metric": cfg.train.select_metric if split else None,
+            "kept": "best epoch" if split else "last epoch", "on_test": split is not None and split == cfg.data.test_split}
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:

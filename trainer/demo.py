@@ -11,7 +11,7 @@ from .distributed import launcher_rank
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("cochlscene", "tau22")
+DATASETS = ("cochlscene", "tau22", "tau22_whole")
 
 
 def _packed(shards: Path) -> bool:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, distributed, report
-from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, validate
+from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, selection, validate
 from .configtools import to_dict, to_yaml
 from .data import make_loader
 from .data.augment import FreqMixStyle
@@ -62,9 +62,9 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     """PaSST for `num_classes`, from `init_from` when given: backbone kept, classifier heads new (SIT stage rule)."""
     model = create_model(cfg.model.name, num_classes, **cfg.model.passt_settings())
     if cfg.init_from:
-        load_pretrained(model, cfg.init_from)  # another class count: head.1 / head_dist re-initialised
+        load_pretrained(model, cfg.init_from, head_init=cfg.head_init)  # another class count: new heads
         if cfg.reinit_heads:
-            model.reinit_heads(num_classes)
+            model.reinit_heads(num_classes, cfg.head_init)
     return model
 
 
@@ -107,6 +107,10 @@ class Trainer:
         self.manifest = validate(cfg, d.world_size)  # loaded once; the loaders reuse it
         self.classes, self.device_names = self.manifest["classes"], self.manifest["devices"]
         self.accumulation = gradient_accumulation(cfg, d.world_size)
+        if selection(cfg)["on_test"] and d.is_main:
+            log.warning("data.val_split=%r is the test split: the kept epoch is chosen on the data it is tested on, "
+                        "so the test metrics are optimistic (the reference's protocol; summary.json records it)",
+                        cfg.data.val_split)
         # Run folder: one name for all ranks; resolved config and DeepSpeed JSON beside the checkpoints.
         self.run_dir = self._run_folder()
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -148,11 +152,12 @@ class Trainer:
                              wandb_project=cfg.run.wandb_project if cfg.run.wandb else None, config=to_dict(cfg))
         plan = self.train_loader.plan
         log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, precision: %s | global batch %d = %d micro x %d "
-                 "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %d, test %d | "
+                 "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %s, test %d | "
                  "%s loader, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s", self.run_dir, d.world_size,
                  d.device.type, d.backend, cfg.train.zero_stage, precision_in_effect(self.engine),
                  cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size, cfg.data.dataset,
-                 plan.num_samples, plan.steps, cfg.train.epochs, self.val_loader.plan.num_samples,
+                 plan.num_samples, plan.steps, cfg.train.epochs,
+                 self.val_loader.plan.num_samples if self.val_loader else "- (the last epoch is kept)",
                  self.test_loader.plan.num_samples, cfg.data.backend, self.num_workers, cfg.model.name,
                  count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
                  " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), resume_note)
@@ -212,8 +217,9 @@ class Trainer:
         cfg = self.cfg
         self.num_workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
         self.train_loader = self._train_loader(seed=cfg.train.seed)
-        self.val_loader = make_loader(cfg.data.folder, cfg.data.val_split, batch_size=cfg.train.eval_batch,
-                                      training=False, seed=cfg.train.seed, **self._loader_settings())
+        self.val_loader = None if cfg.data.val_split is None else make_loader(
+            cfg.data.folder, cfg.data.val_split, batch_size=cfg.train.eval_batch, training=False, seed=cfg.train.seed,
+            **self._loader_settings())
         self.test_loader = make_loader(cfg.data.folder, cfg.data.test_split, batch_size=cfg.train.eval_batch,
                                        training=False, seed=cfg.train.seed, **self._loader_settings())
         self._excluded: list[str] = []  # keys the epoch's current part leaves out (trained on before it)
@@ -314,17 +320,19 @@ class Trainer:
 
     def _end_epoch(self, train_loss: float) -> None:
         cfg, p = self.cfg, self.progress
-        val = self.evaluate(self.val_loader)
-        score = val[cfg.train.select_metric]
+        val = self.evaluate(self.val_loader) if self.val_loader else None
+        score = val[cfg.train.select_metric] if val else None
         sign = SELECT_METRICS[cfg.train.select_metric]
-        if p.best_score is None or (score is not None and sign * (score - p.best_score) > 0):
+        if val is None or p.best_score is None or (score is not None and sign * (score - p.best_score) > 0):
             p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
             if self.dist.is_main:
                 checkpoint.export_model(self.engine.module, self.run_dir / MODEL_FILE, self.classes, to_dict(cfg))
         device = self.dist.device
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val, peak)
-        if self.dist.is_main:
+        if self.dist.is_main and val is None:
+            log.info("epoch %d: train loss %.4f (no validation: model.pt is this epoch's)", p.epoch, train_loss)
+        elif self.dist.is_main:
             log.info("epoch %d: train loss %.4f | val accuracy %.4f, macro %.4f, log loss %.4f%s", p.epoch, train_loss,
                      val["accuracy"], val["macro_accuracy"] or float("nan"), val["log_loss"],
                      " (best)" if p.best_epoch == p.epoch else "")

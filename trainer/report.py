@@ -13,23 +13,29 @@ from tabulate import tabulate
 
 from data_shards.atomic import atomic_path
 
-from .config import Config
+from .config import Config, selection
 from .plots import confusion_png
 
 SUMMARY = "summary.json"
 
 
-def write(run_dir: Path, cfg: Config, best_epoch: int, global_steps: int, val: dict, test: dict, classes: list[str],
-          world_size: int) -> None:
-    """summary.json, confusion_{val,test}.png, the `latest` link, and the results table printed."""
-    summary = {"stage": cfg.stage, "run_dir": str(run_dir), "method": cfg.optim.method, "dataset": cfg.data.dataset,
-               "train_split": cfg.data.train_split, "val_split": cfg.data.val_split, "test_split": cfg.data.test_split,
-               "select_metric": cfg.train.select_metric, "best_epoch": best_epoch, "epochs": cfg.train.epochs,
+def write(run_dir: Path, cfg: Config, best_epoch: int, global_steps: int, val: dict | None, test: dict,
+          classes: list[str], world_size: int) -> None:
+    """summary.json, confusion_{val,test}.png, the `latest` link, and the results table printed.
+
+    `selection` says what the kept model was chosen on (split, metric, best or last epoch) and `on_test` marks
+    a choice made on the test split, whose test metrics are optimistic."""
+    summary = {"stage": cfg.stage, "run_dir": str(run_dir), "protocol": cfg.protocol, "method": cfg.optim.method,
+               "dataset": cfg.data.dataset, "train_split": cfg.data.train_split, "val_split": cfg.data.val_split,
+               "test_split": cfg.data.test_split, "select_metric": cfg.train.select_metric,
+               "selection": selection(cfg), "seed": cfg.train.seed, "best_epoch": best_epoch, "epochs": cfg.train.epochs,
                "global_steps": global_steps, "world_size": world_size, "global_batch": cfg.train.global_batch,
                "classes": classes, "val": val, "test": test}
     with atomic_path(run_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     for split, metrics in (("val", val), ("test", test)):
+        if metrics is None:
+            continue
         confusion_png(metrics["confusion"], classes, run_dir / f"confusion_{split}.png",
                       f"{cfg.stage} {split} ({getattr(cfg.data, split + '_split')}), accuracy {metrics['accuracy']:.3f}")
     point_latest(run_dir)
@@ -46,9 +52,10 @@ def point_latest(run_dir: Path) -> None:
     tmp.replace(link)
 
 
-def results_table(val: dict, test: dict) -> str:
+def results_table(val: dict | None, test: dict) -> str:
     """The final metrics, validation (best epoch) next to test."""
-    return metrics_table({f"val (n={val['num_samples']})": val, f"test (n={test['num_samples']})": test})
+    columns = {f"val (n={val['num_samples']})": val} if val else {}
+    return metrics_table({**columns, f"test (n={test['num_samples']})": test})
 
 
 def metrics_table(columns: dict[str, dict]) -> str:

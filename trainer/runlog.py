@@ -73,10 +73,12 @@ class RunLog:
             self._wandb.log({"train/loss": loss, "train/samples_per_s": samples_per_s,
                              **{f"lr/{g}": v for g, v in lrs.items()}}, step=step)
 
-    def epoch(self, epoch: int, step: int, train_loss: float, lr_factor: float, val: dict,
+    def epoch(self, epoch: int, step: int, train_loss: float, lr_factor: float, val: dict | None,
               peak_memory_gib: float | None) -> None:
+        """One epoch's row; `val` None (no validation split) leaves the validation columns empty."""
         if not self.enabled:
             return
+        val = val or {"accuracy": None, "macro_accuracy": None, "log_loss": None, "per_device": {}}
         row = {"epoch": epoch, "train_loss": train_loss, "lr_factor": lr_factor, "val_accuracy": val["accuracy"],
                "val_macro_accuracy": val["macro_accuracy"], "val_log_loss": val["log_loss"],
                "peak_memory_gib": peak_memory_gib}

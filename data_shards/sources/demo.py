@@ -27,6 +27,7 @@ COCHL_FOLDER = "CochlScene"
 TAU_FOLDER = "TAU-urban-acoustic-scenes-2022-mobile-development"
 IR_FOLDER = "MicIRP"
 _MARKER = ".demo-complete.json"
+WHOLE_TAU = "tau22_whole"  # the demo's TAU with whole split lists (the reference protocol's data)
 VAL_FRACTION = 0.25  # the TAU demo has no validation split: this share of its train recordings becomes one
 _CITIES = ["barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "paris", "prague", "stockholm", "vienna"]
 _TRAIN_DEVICES = ["b", "c", "s1", "s2", "s3"]
@@ -215,10 +216,13 @@ def generate(root: Path, *, seed: int = 0, size: DemoSize = DemoSize()) -> dict[
 
 def pack_demo(folders: dict[str, Path], options: PackOptions, *, splits: list[str] | None = None,
               val_fraction: float = VAL_FRACTION) -> list[PackResult]:
-    """Pack a generated corpus (`generate`'s folders) into `options.out`/{cochlscene,tau22}; a dataset without a
-    `val` split gets one: `val_fraction` of its train recordings, held out per class."""
+    """Pack a generated corpus (`generate`'s folders) into `options.out`/{cochlscene,tau22,tau22_whole}; a dataset
+    without a `val` split gets one: `val_fraction` of its train recordings, held out per class.  `tau22_whole` is
+    TAU packed for the reference protocol: the same hold-out, the low-resource lists kept whole."""
     results = []
     for scan in (cochlscene.scan(folders["cochlscene"], splits), tau22.scan(folders["tau22"], splits)):
         results.append(pack(scan, replace(options, name=None,
                                           val_fraction=None if "val" in scan.splits else val_fraction)))
+    results.append(pack(tau22.scan(folders["tau22"], splits),
+                        replace(options, name=WHOLE_TAU, val_fraction=val_fraction, keep_lists_whole=True)))
     return results

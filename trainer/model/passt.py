@@ -8,10 +8,11 @@ Clip length is handled on purpose.  The time positional embedding has `max_time_
 positions, 10 s at 32 kHz:
 - fewer time patches (1-s clips: 9 at 32 kHz, 13 at 44.1 kHz): training uses a random contiguous
   slice of the time embedding, evaluation the first positions (as the reference does);
-- more time patches (10-s clips at 44.1 kHz give 137): training takes a random crop of
-  `window_frames` mel frames (exactly 99 patches); evaluation slides windows of that size with a
-  hop of `window_hop_frames` (half a window, on the patch grid, the last window flush with the end)
-  and averages their logits.  The reference silently cut such inputs; we never do.
+- more time patches (10-s clips at 44.1 kHz give 137), `long_clips="windows"` (ours): training takes
+  a random crop of `window_frames` mel frames (exactly 99 patches); evaluation slides windows of that
+  size with a hop of `window_hop_frames` (half a window, on the patch grid, the last window flush
+  with the end) and averages their logits.  `long_clips="first"` is the reference's behaviour: the
+  first 99 patches (~7.2 s at 44.1 kHz) in training and evaluation, the rest of the clip unused.
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+HEAD_INITS = ("trunc_normal", "torch_default")
+LONG_CLIPS = ("windows", "first")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class PaSSTConfig:
     s_patchout_f: int = 0  # frequency rows dropped per batch in training
     attention: str = "sdpa"  # "sdpa" (flash / memory-efficient kernels) or "plain" (explicit softmax)
     checkpoint_activations: bool = False  # recompute block activations in backward to save memory
+    long_clips: str = "windows"  # inputs past 99 time patches: "windows" (random crop / averaged windows) | "first"
 
     @property
     def freq_patches(self) -> int:
@@ -158,15 +164,28 @@ class PaSST(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def reinit_heads(self, num_classes: int) -> None:
-        """New `head.1` / `head_dist` for `num_classes` (trunc-normal 0.02, zero bias); `head.0` is kept."""
+    def reinit_heads(self, num_classes: int, init: str = "trunc_normal") -> None:
+        """New classifier heads for `num_classes`.
+
+        `trunc_normal` (ours): new `head.1` / `head_dist` drawn from trunc-normal(0.02) with zero bias, the
+        trained `head.0` LayerNorm kept.  `torch_default` (the SIT author's stage-2 scripts): the whole `head`
+        replaced by a fresh `Sequential(LayerNorm, Linear)` with PyTorch's default init (unit / zero norm,
+        Kaiming-uniform weight, uniform bias).  `head_dist` never reaches the logits (forward uses `head` only);
+        the reference leaves the old one in place, we give it the new class count with the same init as
+        `head.1` so that model.pt has one class count.
+        """
+        if init not in HEAD_INITS:
+            raise ValueError(f"head init must be one of {', '.join(HEAD_INITS)}, not {init!r}")
         d = self.config.embed_dim
         ref = self.head[0].weight
         self.head[1] = nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype)
         self.head_dist = nn.Linear(d, num_classes, device=ref.device, dtype=ref.dtype)
-        for m in (self.head[1], self.head_dist):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
+        if init == "torch_default":
+            self.head[0] = nn.LayerNorm(d, device=ref.device, dtype=ref.dtype)
+        else:
+            for m in (self.head[1], self.head_dist):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
         self.config = replace(self.config, num_classes=num_classes)
 
     def tokens(self, mel: torch.Tensor) -> torch.Tensor:
@@ -218,6 +237,9 @@ class PaSST(nn.Module):
             features = self.forward_features(mel)
             return self.forward_head(features), features
         window = self.config.window_frames
+        if self.config.long_clips == "first":
+            features = self.forward_features(mel[..., :window])
+            return self.forward_head(features), features
         if self.training:
             start = torch.randint(0, frames - window + 1, (), device=mel.device)
             features = self.forward_features(mel.index_select(-1, start + torch.arange(window, device=mel.device)))
@@ -290,11 +312,11 @@ def filter_state_dict(state: dict) -> dict:
     return out
 
 
-def load_pretrained(model: PaSST, path: str | Path) -> PaSST:
+def load_pretrained(model: PaSST, path: str | Path, *, head_init: str = "trunc_normal") -> PaSST:
     """Load weights from `path` into `model` (in place; also returned).
 
     With the checkpoint's class count everything loads strictly.  With another class count the
-    classifier (`head.1.*`, `head_dist.*`) is dropped and re-initialised; `head.0` (LayerNorm) is kept.
+    classifier (`head.1.*`, `head_dist.*`) is dropped and re-initialised (`PaSST.reinit_heads` with `head_init`).
     Any other missing, unexpected or mis-shaped key is an error naming the keys and shapes.
     """
     try:
@@ -305,11 +327,12 @@ def load_pretrained(model: PaSST, path: str | Path) -> PaSST:
         raise ValueError(f"{path}: expected a state dict or a checkpoint dict, found {type(raw).__name__}")
     state = filter_state_dict(raw)
     new_heads = "head.1.weight" in state and state["head.1.weight"].shape[0] != model.num_classes
+    fresh = _HEAD_KEYS + (("head.0.weight", "head.0.bias") if head_init == "torch_default" else ())
     if new_heads:
-        state = {k: v for k, v in state.items() if k not in _HEAD_KEYS}
-        model.reinit_heads(model.num_classes)
+        state = {k: v for k, v in state.items() if k not in fresh}
+        model.reinit_heads(model.num_classes, head_init)
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not (new_heads and k in _HEAD_KEYS)]
+    missing = [k for k in own if k not in state and not (new_heads and k in fresh)]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in state if k in own and state[k].shape != own[k].shape]
