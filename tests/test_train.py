@@ -168,8 +168,9 @@ def test_zero_stages_agree(trainable, work, reference, launcher, stage):
 
 
 def test_tau_stage_starts_from_the_cochl_model(trainable, work, reference, demo_root):
+    """... and without a validation split (data.val_split=null) keeps its last epoch."""
     overrides = train_overrides(trainable, work["runs"], "tau", dataset="tau22", init_from=reference / "model.pt",
-                                train__epochs=1, augment__dir_prob=0.6,
+                                train__epochs=2, augment__dir_prob=0.6, data__val_split="null",
                                 augment__dir_folder=demo_root["impulse_responses"])
     cfg = load_config("tau", overrides)
     cochl = torch.load(reference / "model.pt", weights_only=True)["state_dict"]
@@ -181,7 +182,16 @@ def test_tau_stage_starts_from_the_cochl_model(trainable, work, reference, demo_
     # and the stage runs in one plain `python` process, with device impulse responses on device-a clips
     done = run_command([sys.executable, str(TRAIN), "--stage", "tau", *overrides])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((work["runs"] / "tau" / "tau" / "summary.json").read_text())
+    folder = work["runs"] / "tau" / "tau"
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["classes"][0] == "airport" and len(summary["classes"]) == 10
     assert set(summary["test"]["device_groups"]) == {"real", "seen", "unseen"}
     assert "run directory: " in done.stdout
+    assert summary["selection"] == {"split": None, "metric": None, "kept": "last epoch", "on_test": False}
+    assert summary["best_epoch"] == 1 and summary["val"] is None and not (folder / "confusion_val.png").exists()
+    epochs = pd.read_csv(folder / "epochs.csv")
+    assert list(epochs["epoch"]) == [0, 1] and epochs["val_accuracy"].isna().all()
+    tag = folder / "checkpoints" / (folder / "checkpoints" / "latest").read_text().strip()
+    final = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=False)["module"]  # the weights it ended with
+    kept = torch.load(folder / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(kept[k], final[k]) for k in kept)

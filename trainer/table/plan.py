@@ -130,13 +130,15 @@ class Table:
         return (run.folder(self.runs_dir) / SUMMARY).is_file()
 
     def arguments(self, run: Run) -> list[str]:
-        """`launch/train.py` arguments of a run: --stage, --demo, then the table's overrides and the user's."""
+        """`launch/train.py` arguments of a run: --stage, --demo, the table's overrides, the user's, and for a TAU run
+        of the chain its CochlScene model as init_from."""
         s = self.spec
         args = ["--stage", run.stage, *(["--demo"] if s.demo else []), f"protocol={s.protocol}",
                 f"optim.method={run.method}", f"train.seed={run.seed}", f"run.out={self.runs_dir}",
                 f"run.name={run.name}", "run.resume=auto"]
         if run.split is not None:
             args.append(f"data.train_split=split{run.split}")
-        if run.after is not None:
+        args += s.overrides  # a user's init_from= (the AudioSet checkpoint) is for the runs that start from it ...
+        if run.after is not None:  # ... never for a TAU run of the chain: it starts from its CochlScene model
             args.append(f"init_from={self.runs_dir / 'cochl' / run.after / 'model.pt'}")
-        return args + list(s.overrides)
+        return args
