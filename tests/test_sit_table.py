@@ -228,7 +228,7 @@ def test_a_real_table_under_the_reference_protocol(trainable, tmp_path):
     split list, selected on test (flagged) with the reference head; a second call trains nothing."""
     from .helpers import train_overrides
 
-    tiny = [o for o in train_overrides(trainable, tmp_path, "x", train__epochs=2)
+    tiny = [o for o in train_overrides(trainable, tmp_path, "x", train__epochs=1)
             if not o.startswith(("run.out=", "run.name=", "data.dataset="))]
     args = ["--root", str(tmp_path / "tables"), "--name", "ref", "--methods", "sit", "--splits", "50", "--seeds", "0",
             "protocol=reference", *tiny]

@@ -44,7 +44,8 @@ def collect(table: Table) -> pd.DataFrame:
         selected = summary.get("selection") or {}
         rows.append({"stage": run.stage, "method": run.method, "split": run.split, "seed": run.seed,
                      **{m: summary["test"][m] for m in METRICS}, "best_epoch": summary["best_epoch"],
-                     "selected_on": selected.get("split"), "on_test": bool(selected.get("on_test"))})
+                     "selected_on": selected.get("split", summary.get("val_split")),  # older runs: no `selection`
+                     "on_test": bool(selected.get("on_test"))})
     return pd.DataFrame(rows, columns=["stage", "method", "split", "seed", *METRICS, "best_epoch", "selected_on",
                                        "on_test"])
 
