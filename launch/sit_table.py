@@ -5,11 +5,12 @@
     python launch/sit_table.py --name main --slurm -- --partition=gpu        # the same graph as SLURM jobs
     python launch/sit_table.py --name main --table-only                      # aggregate what has finished
     python launch/sit_table.py --demo                                        # 3 methods x 2 splits x 2 seeds, CPU
+    python launch/sit_table.py --demo --name demo_reference protocol=reference
 
 Runs go to <root>/<name>/runs/<stage>/<run>/; table.md, table.csv and table.png to <root>/<name>/.  Finished
 runs are skipped and interrupted ones resumed, so the same command continues a table.  `key=value` overrides
 go to every run (`protocol=project|reference` picks the preset).  --demo also writes
-benchmarks/results/sit_table_demo.{md,png}.
+benchmarks/results/sit_table_<name>.{md,png} (sit_table_demo by default).
 Exit status: 0 all runs finished, 1 some failed, 2 bad arguments, 75 a run was pre-empted (run again).
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from trainer.table import execute, results
 from trainer.table.plan import METHODS, SPLITS, Table, TableSpec
 
 DEMO = {"name": "demo", "methods": list(METHODS), "splits": [50, 100], "seeds": [0, 1]}
-DEMO_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "sit_table_demo"
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"  # --demo: sit_table_<name>.{md,png}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="the table's folder under --root (demo: demo)")
     p.add_argument("--root", type=Path, default=Path("runs/table"), help="where tables live (default runs/table)")
     p.add_argument("--methods", nargs="+", help=f"of {' '.join(METHODS)} (default: all)")
-    p.add_argument("--splits", nargs="+", type=int, help=f"TAU training splits in %% (default: {' '.join(map(str, SPLITS))})")
+    p.add_argument("--splits", nargs="+", type=int,
+                   help=f"TAU training splits in %% (default: {' '.join(map(str, SPLITS))})")
     p.add_argument("--seeds", nargs="+", type=int, help="train.seed of the runs (default: 0 1 2)")
     p.add_argument("--demo", action="store_true", help="the built-in demo corpus, passt_mini: "
                    "3 methods x splits 50 100 x seeds 0 1 on a CPU")
@@ -58,16 +60,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     overrides = [a for a in ours if "=" in a and not a.startswith("-")]  # apart: --seeds 0 1 would swallow them
     args = p.parse_args([a for a in ours if a not in overrides])
     args.overrides, args.sbatch = overrides, sbatch
+    args.name = args.name or (DEMO["name"] if args.demo else None)
+    if not args.name:
+        p.error("--name is required (the table's folder under --root), or --demo")
     return args
 
 
 def spec_from(args: argparse.Namespace) -> TableSpec:
     protocol = [o.split("=", 1)[1] for o in args.overrides if o.startswith("protocol=")]
-    base = DEMO if args.demo else {"name": args.name}
-    if not (args.name or args.demo):
-        raise ValueError("--name is required (the table's folder), or --demo")
-    values = {**base, **{k: v for k, v in (("name", args.name), ("methods", args.methods), ("splits", args.splits),
-                                             ("seeds", args.seeds)) if v}}
+    given = {"name": args.name, "methods": args.methods, "splits": args.splits, "seeds": args.seeds}
+    values = {**(DEMO if args.demo else {}), **{k: v for k, v in given.items() if v}}
     return TableSpec(**values, protocol=protocol[-1] if protocol else "project", demo=args.demo,
                      overrides=[o for o in args.overrides if not o.startswith("protocol=")])
 
@@ -104,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     trained = [o for o in outcomes if o.status == "trained"]
     if trained:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in "
-                                   f"{(time.perf_counter() - started) / 60:.1f} min on {device_name(device, threads=False)}"
-                                   f" ({os.cpu_count()} cores), commit {commit()}")
+        minutes = (time.perf_counter() - started) / 60
+        results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in {minutes:.1f} min "
+                                   f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), commit {commit()}")
     text, _ = results.write(table)
     print(text)
     print(f"table: {table.folder / 'table.md'} (.csv, .png)")
     if args.demo:
         for ext in ("md", "png"):
-            shutil.copyfile(table.folder / f"table.{ext}", DEMO_RESULTS.with_suffix(f".{ext}"))
+            shutil.copyfile(table.folder / f"table.{ext}", RESULTS / f"sit_table_{table.spec.name}.{ext}")
     statuses = {o.status for o in outcomes}
     return 75 if "preempted" in statuses else 1 if statuses & {"failed", "blocked"} else 0
 

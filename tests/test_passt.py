@@ -251,7 +251,7 @@ def test_torch_default_head_init_is_a_fresh_norm_and_pytorch_linear(tmp_path):
     model.reinit_heads(10, "torch_default")
     norm, linear = model.head
     assert torch.equal(norm.weight, torch.ones(32)) and torch.equal(norm.bias, torch.zeros(32))
-    bound = 1 / 32 ** 0.5  # nn.Linear's default: Kaiming-uniform(a=sqrt 5) weight and uniform bias, both +-1/sqrt(fan_in)
+    bound = 1 / 32 ** 0.5  # nn.Linear's default: Kaiming-uniform(a=sqrt 5) weight, uniform bias, both +-1/sqrt(fan_in)
     for p in (linear.weight, linear.bias):
         assert p.abs().max() <= bound and p.abs().max() > 0.8 * bound
     assert linear.weight.std() > 0.08  # uniform(+-0.177) has std 0.102; trunc-normal(0.02) would be ~0.02

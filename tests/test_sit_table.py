@@ -87,8 +87,9 @@ def test_plan_starts_every_tau_run_from_its_own_cochl_model():
     mine = Table(TableSpec("m", splits=[5], seeds=[0], overrides=["init_from=/ckpt/audioset.pt"]), Path("/tables"))
     starts = {(r.stage, r.method): load_config(r.stage, mine.arguments(r)[2:]).init_from for r in mine.runs()}
     assert starts == {("standard_ft", "standard_ft"): "/ckpt/audioset.pt", ("cochl", "seq_ft"): "/ckpt/audioset.pt",
-                      ("cochl", "sit"): "/ckpt/audioset.pt", ("tau", "seq_ft"): "/tables/m/runs/cochl/seq_ft-seed0/model.pt",
-                      ("tau", "sit"): "/tables/m/runs/cochl/sit-seed0/model.pt"}  # the user's checkpoint never breaks the chain
+                      ("cochl", "sit"): "/ckpt/audioset.pt",  # the user's checkpoint never breaks the chain:
+                      ("tau", "seq_ft"): "/tables/m/runs/cochl/seq_ft-seed0/model.pt",
+                      ("tau", "sit"): "/tables/m/runs/cochl/sit-seed0/model.pt"}
     groups = {g.name: g for g in table.groups()}
     assert groups["tau-sit-seed1"].after == "cochl-sit-seed1" and groups["standard_ft-seed0"].after is None
     demo = Table(TableSpec("d", demo=True, protocol="reference"), Path("/tables"))
@@ -194,7 +195,8 @@ def test_slurm_graph_dependencies(fake, tmp_path, monkeypatch, capsys):
     assert sit_table.main(args + table + ["--slurm"]) == 0
     calls = _submitted(tmp_path / "sbatch.log")
     assert "--array=0" in calls["cochl-sit-seed0"] and "--dependency=afterany:1001:1002:1003" in calls["table"]
-    assert "--dependency=afterok:1001" in calls["tau-sit-seed0"] and "--kill-on-invalid-dep=yes" in calls["tau-sit-seed0"]
+    tau = calls["tau-sit-seed0"]
+    assert "--dependency=afterok:1001" in tau and "--kill-on-invalid-dep=yes" in tau
 
 
 def test_sbatch_task_trains_its_run_with_srun_and_skips_a_done_one(tmp_path):

@@ -1,8 +1,8 @@
 """The trainer's typed configuration: `configs/<stage>.yaml` + dotted overrides, validated before any work.
 
 Layers, later wins: the dataclass defaults below -> `configs/<stage>.yaml` -> `configs/demo/<stage>.yaml`
-(with `--demo`) -> `configs/protocol/<protocol>/<stage>.yaml` (with `protocol=<name>`) -> `key=value` overrides.  OmegaConf merges them into the structured schema, so an
-unknown key or a value of the wrong type is an error that names the full key.  `validate` then checks
+(with `--demo`) -> `configs/protocol/<name>/<stage>.yaml` (with `protocol=<name>`) -> `key=value` overrides.
+OmegaConf merges them into the structured schema, so an unknown key or a value of the wrong type is an error that names the full key.  `validate` then checks
 what depends on several fields or on the files (batch arithmetic, splits, checkpoints) and names the
 key to change.  Every number of the recipe lives in configs/; the DeepSpeed JSON is generated from
 this object (`deepspeed_config`), never written by hand.
@@ -34,9 +34,8 @@ class DataConfig:
     root: str = "data/shards"  # folder holding packed datasets (python -m data_shards pack --out ROOT)
     dataset: str = MISSING  # packed dataset folder under root: cochlscene, tau22, ...
     train_split: str = "train"  # split to train on (TAU low-resource: split5 ... split100)
-    val_split: str | None = "val"  # split for model selection; null: none, the last epoch is kept; = test_split:
-    # selection on test (the reference's TAU protocol), allowed with a warning and flagged in summary.json
-    whole_lists: bool = False  # train on the split list as published: refuse one packed with validation recordings taken out
+    val_split: str | None = "val"  # model selection split; null: keep the last epoch; test: allowed, flagged optimistic
+    whole_lists: bool = False  # train on the list as published: refuse one packed with val recordings taken out
     test_split: str = "test"  # split evaluated once with the selected model
     backend: str = "dali"  # dali | torch (plain DataLoader reader of the same shards)
     clip_seconds: float | None = 10.0  # training crop / evaluation pad length; null: whole clips (eval only)
@@ -267,7 +266,8 @@ def selection(cfg: Config) -> dict:
     """What the kept model is chosen on, as summary.json records it."""
     split = cfg.data.val_split
     return {"split": split, "metric": cfg.train.select_metric if split else None,
-            "kept": "best epoch" if split else "last epoch", "on_test": split is not None and split == cfg.data.test_split}
+            "kept": "best epoch" if split else "last epoch",
+            "on_test": split is not None and split == cfg.data.test_split}
 
 
 def deepspeed_config(cfg: Config, world_size: int) -> dict:

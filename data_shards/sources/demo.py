@@ -223,6 +223,7 @@ def pack_demo(folders: dict[str, Path], options: PackOptions, *, splits: list[st
     for scan in (cochlscene.scan(folders["cochlscene"], splits), tau22.scan(folders["tau22"], splits)):
         results.append(pack(scan, replace(options, name=None,
                                           val_fraction=None if "val" in scan.splits else val_fraction)))
-    results.append(pack(tau22.scan(folders["tau22"], splits),
-                        replace(options, name=WHOLE_TAU, val_fraction=val_fraction, keep_lists_whole=True)))
+    whole = tau22.scan(folders["tau22"], splits)
+    if "train" in whole.splits:  # the validation recordings come out of it
+        results.append(pack(whole, replace(options, name=WHOLE_TAU, val_fraction=val_fraction, keep_lists_whole=True)))
     return results

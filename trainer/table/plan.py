@@ -37,7 +37,8 @@ class TableSpec:
             raise ValueError(f"--methods: {' '.join(unknown) or 'none given'}; choose from {' '.join(METHODS)}")
         bad = [s for s in self.splits if not 0 < s <= 100]
         if bad or not self.splits:
-            raise ValueError(f"--splits: {bad or 'none given'}; TAU's lists are split5 split10 split25 split50 split100")
+            raise ValueError(f"--splits: {bad or 'none given'}; TAU's lists are split5 split10 split25 split50 "
+                             "split100")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         for o in self.overrides:
@@ -72,7 +73,7 @@ class Group:
 
 
 class Table:
-    """A spec and where it lives: `<root>/<name>/` holds table.json, the runs (runs/<stage>/<run>/), logs and results."""
+    """A spec and where it lives: `<root>/<name>/` holds table.json, the runs (runs/<stage>/<run>/), logs, results."""
 
     def __init__(self, spec: TableSpec, root: Path):
         spec.check()
