@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from machine import device_name
+from machine import device_name, source_commit
 from trainer.continual.config import load_continual_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +73,7 @@ def default_threads(jobs: int) -> int:
 def measure(job: Job, pickle: str | None, threads: int, jobs: int) -> dict:
     """One run through launch/continual.py in its own process; its summary plus the wall time."""
     # the code measured is the code at the start: edits made while a run goes on must not be credited to it
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = source_commit(REPO)
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, str(REPO / "launch" / "continual.py"), f"method={job.run}", f"n_iter={job.n_iter}",
                    f"train.seed={job.seed}", f"train.threads={threads}", f"out={out}", "name=bench",

@@ -20,19 +20,19 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from trainer.machine import device_name
+from trainer.machine import device_name, source_commit
 from trainer.table import execute, results
 from trainer.table.plan import METHODS, SPLITS, Table, TableSpec
 
 DEMO = {"name": "demo", "methods": list(METHODS), "splits": [50, 100], "seeds": [0, 1]}
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"  # --demo: sit_table_<name>.{md,png}
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"  # --demo: sit_table_<name>.{md,png}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -74,12 +74,6 @@ def spec_from(args: argparse.Namespace) -> TableSpec:
                      overrides=[o for o in args.overrides if not o.startswith("protocol=")])
 
 
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent)
-    return done.stdout.strip() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -108,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         minutes = (time.perf_counter() - started) / 60
         results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in {minutes:.1f} min "
-                                   f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), commit {commit()}")
+                                   f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), commit {source_commit(REPO)}")
     text, _ = results.write(table)
     print(text)
     print(f"table: {table.folder / 'table.md'} (.csv, .png)")

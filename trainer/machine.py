@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -19,3 +20,9 @@ def device_name(device: torch.device, threads: bool = True) -> str:
     except OSError:
         pass
     return platform.processor() or "CPU"
+
+
+def source_commit(repo: Path) -> str:
+    """The checkout's commit, `-dirty` when tracked files have changed since (the code a result was measured with)."""
+    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
