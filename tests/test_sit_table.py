@@ -177,7 +177,8 @@ def test_slurm_graph_dependencies(fake, tmp_path, monkeypatch, capsys):
     root = tmp_path / "tables" / "t" / "runs"
     for run in ("cochl/sit-seed0", "tau/sit-split5-seed0"):
         (root / run).mkdir(parents=True)
-        (root / run / "summary.json").write_text("{}")
+        (root / run / "summary.json").write_text(json.dumps({"test": {"accuracy": 0.5, "macro_accuracy": 0.5,
+                                                                      "log_loss": 1.0}, "best_epoch": 0}))
     (root / "cochl" / "sit-seed0" / "model.pt").write_text("weights")
     assert sit_table.main(args + table + ["--slurm", "--", "--partition=big"]) == 0
     calls = _submitted(tmp_path / "sbatch.log")
@@ -187,6 +188,10 @@ def test_slurm_graph_dependencies(fake, tmp_path, monkeypatch, capsys):
     assert ft[-6:] == ["--root", str(tmp_path / "tables"), "--name", "t", "--task", "standard_ft-seed0"]
     assert "--array=1" in tau and not any(a.startswith("--dependency") for a in tau)  # split5 done, cochl done
     assert "--dependency=afterany:1001:1002" in final and "--table-only" in " ".join(final)
+    wrapped = " ".join(final[final.index("--wrap") + 1:])  # what the aggregation job runs, under sh as --wrap does
+    assert not (tmp_path / "tables" / "t" / "table.md").exists()  # submitting writes no table
+    done = subprocess.run(["sh", "-c", wrapped], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "tables" / "t" / "table.md").is_file(), done.stderr
     out = capsys.readouterr().out
     assert "tau-sit-seed0: job 1001" in out and "standard_ft-seed0: job 1002" in out and "table: job 1003" in out
     # a pending CochlScene run: its TAU array waits for it (afterok) and is cancelled if it fails

@@ -9,7 +9,6 @@ of them have ended (`afterany`).
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import subprocess
 import sys
@@ -109,7 +108,8 @@ def submit(table: Table, *, sbatch: str = "sbatch", script: Path = SBATCH_SCRIPT
         cmd += [*extra, str(script), "--root", str(root), "--name", table.spec.name, "--task", group.name]
         jobs[group.name] = _sbatch(cmd)
     if jobs:
-        aggregate = (f"cd {shlex.quote(str(REPO))} && source .venv/bin/activate && python launch/sit_table.py "
+        # --wrap scripts run under /bin/sh: `.` rather than bash's `source`
+        aggregate = (f"cd {shlex.quote(str(REPO))} && . .venv/bin/activate && python launch/sit_table.py "
                      f"--root {shlex.quote(str(root))} --name {shlex.quote(table.spec.name)} --table-only")
         jobs["table"] = _sbatch([sbatch, "--parsable", f"--job-name=sit-{table.spec.name}-table",
                                  f"--dependency=afterany:{':'.join(jobs.values())}",
@@ -118,7 +118,7 @@ def submit(table: Table, *, sbatch: str = "sbatch", script: Path = SBATCH_SCRIPT
 
 
 def _sbatch(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout.strip().split(";")[0]  # --parsable prints "<id>" or "<id>;<cluster>"
