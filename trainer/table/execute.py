@@ -39,9 +39,7 @@ def default_launcher() -> list[str]:
 @dataclass
 class Outcome:
     run: Run
-    status: str  # done (before) | trained | failed | blocked | preempted
-    seconds: float = 0.0
-    log: Path | None = None
+    status: str  # done (before this call) | trained | failed | blocked (its CochlScene run failed) | preempted
 
 
 def run_local(table: Table, launcher: list[str] | None = None) -> list[Outcome]:
@@ -57,7 +55,7 @@ def run_local(table: Table, launcher: list[str] | None = None) -> list[Outcome]:
             outcomes[key] = Outcome(run, "done")
             continue
         parent = outcomes.get(f"cochl/{run.after}") if run.after else None
-        if parent is not None and parent.status in ("failed", "blocked"):
+        if parent is not None and parent.status == "failed":
             outcomes[key] = Outcome(run, "blocked")
             log.warning("[%d/%d] %s: not started, its CochlScene run %s failed", i, len(runs), key, run.after)
             continue
@@ -65,17 +63,17 @@ def run_local(table: Table, launcher: list[str] | None = None) -> list[Outcome]:
         cmd = [*launcher, str(TRAIN), *table.arguments(run)]
         log.info("[%d/%d] %s: training (log: %s)", i, len(runs), key, path)
         started = time.perf_counter()
-        with path.open("a") as out:
+        with path.open("a") as out:  # a resumed run's output continues its log
             out.write(f"$ {shlex.join(cmd)}\n")
             out.flush()
             rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
         if rc == EXIT_PREEMPTED:
-            outcomes[key] = Outcome(run, "preempted", seconds, path)
+            outcomes[key] = Outcome(run, "preempted")
             log.warning("%s was pre-empted and checkpointed: run the same command again to resume it", key)
             break
         status = "trained" if rc == 0 and table.done(run) else "failed"
-        outcomes[key] = Outcome(run, status, seconds, path)
+        outcomes[key] = Outcome(run, status)
         if status == "failed":
             log.error("%s failed (exit status %d): see %s", key, rc, path)
         else:
