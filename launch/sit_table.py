@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         minutes = (time.perf_counter() - started) / 60
         results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in {minutes:.1f} min "
-                                   f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), commit {source_commit(REPO)}")
+                                   f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), "
+                                   f"commit {source_commit(REPO)}")
     text, _ = results.write(table)
     print(text)
     print(f"table: {table.folder / 'table.md'} (.csv, .png)")

@@ -60,12 +60,16 @@ def aggregate(runs: pd.DataFrame, methods: list[str], splits: list[int]) -> pd.D
             row = {"method": method, "split": split, "n": len(cell), "seeds": " ".join(map(str, sorted(cell["seed"]))),
                    "on_test": bool(cell["on_test"].any())}
             for metric, scale in METRICS.items():
-                values = cell[metric].dropna().to_numpy(dtype=float) * scale
-                row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
-                row[f"{metric}_std"] = values.std() if len(values) else math.nan
+                row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(cell[metric], scale)
             row["published_mean"], row["published_std"] = PUBLISHED.get(method, {}).get(split, (math.nan, math.nan))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _mean_std(values: pd.Series, scale: float = 1.0) -> tuple[float, float]:
+    """Mean and population std over the seeds that have a value (NaN, NaN for none)."""
+    v = values.dropna().to_numpy(dtype=float) * scale
+    return (v.mean(), v.std()) if len(v) else (math.nan, math.nan)
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
@@ -96,24 +100,24 @@ def markdown(table: Table, stats: pd.DataFrame, runs: pd.DataFrame) -> str:
     sections = (("Accuracy %", "accuracy", 2), ("Macro-averaged class accuracy %", "macro_accuracy", 2),
                 ("Log loss", "log_loss", 3))
     for title, metric, digits in sections:
+        published = metric == "accuracy"  # the seed's table has accuracy only
         body = []
         for split in s.splits:
             row = [f"{split}%"]
             for method in s.methods:
                 r = stats[(stats["method"] == method) & (stats["split"] == split)].iloc[0]
                 row.append(f"{_cell(r[f'{metric}_mean'], r[f'{metric}_std'], digits)} (n={r['n']})")
-                if metric == "accuracy":
+                if published:
                     row.append(_cell(r["published_mean"], r["published_std"], 2))
             body.append(row)
-        published = metric == "accuracy"  # the seed's table has accuracy only
         heads = ["TAU split"] + [h for m in s.methods for h in ([LABELS[m], f"{LABELS[m]} published"] if published
                                                                  else [LABELS[m]])]
         lines += [f"## {title}{' (' + OPTIMISTIC + ')' if optimistic else ''}", "",
                   tabulate(body, headers=heads, tablefmt="github", disable_numparse=True), ""]
     cochl = runs[runs["stage"] == "cochl"]
     if len(cochl):
-        body = [[LABELS[m], f"{_cell(g['accuracy'].mean() * 100, g['accuracy'].std(ddof=0) * 100, 2)} (n={len(g)})",
-                 _cell(g["log_loss"].mean(), g["log_loss"].std(ddof=0), 3)] for m, g in cochl.groupby("method")]
+        body = [[LABELS[m], f"{_cell(*_mean_std(g['accuracy'], 100.0), 2)} (n={len(g)})",
+                 _cell(*_mean_std(g["log_loss"]), 3)] for m, g in cochl.groupby("method")]
         lines += ["## Stage 1: CochlScene test split", "",
                   tabulate(body, headers=["CochlScene model", "accuracy %", "log loss"], tablefmt="github",
                            disable_numparse=True), ""]
