@@ -15,7 +15,8 @@ in --records/<run>/n_iter<n>/seed<seed>.json; runs already recorded are skipped 
 can be filled one session, or one cluster job, at a time.  The table aggregates every record there: mean +/-
 std over seeds (population std, as the published gather script computes it; the published numbers are
 single values) of the runs that finished; a run stopped by its during-accuracy criterion is counted apart,
-as the published gather script drops it.  --n-iter-scale shortens the runs by one factor.
+as the published gather script drops it; what is written below the table in --out (the reading) is kept when
+it is regenerated.  --n-iter-scale shortens the runs by one factor.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ PUBLISHED = {
     "ewc": (None, 67.5), "ewc_task_id": (71.74, 66.35), "si": (None, 67.0), "masking": (None, 55.0),
     "masking_si": (None, 65.0), "coresets": (None, 72.5), "coresets_500": (None, 73.5), "slow_learner": (None, None),
 }
+# the line under the generated table of --out; the reading written below it survives a regeneration
+NOTES = "<!-- written by hand below this line; kept when the table above is regenerated -->"
 
 
 @dataclass(frozen=True)
@@ -183,9 +186,27 @@ def render(records: list[dict], out: Path | None) -> str:
             f"out. `wall min` is per seed, with `jobs` runs side by side of `threads` threads each.\n\n"
             f"{tabulate(table, headers=headers, tablefmt='github')}\n")
     if out:
-        out.write_text(text)
+        notes = kept_notes(out)
+        out.write_text(f"{text}\n{NOTES}\n" + (f"\n{notes}" if notes else ""))
         plot(rows, out.with_suffix(".png"))
     return text
+
+
+def kept_notes(path: Path) -> str:
+    """What was written by hand below the table of an earlier render (the reading of the numbers): regenerating
+    the table as sessions add records must not drop it."""
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    if NOTES in text:
+        return text.split(NOTES, 1)[1].lstrip("\n")
+    # rendered before the marker existed: whatever follows the first table's last row
+    lines = text.splitlines(keepends=True)
+    first = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if first is None:
+        return ""
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "".join(lines[end:]).lstrip("\n")
 
 
 def plot(rows: list[dict], path: Path) -> None:

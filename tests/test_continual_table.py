@@ -81,3 +81,19 @@ def test_slurm_array_task_measures_its_entry_of_the_plan(tmp_path):
     env["SLURM_ARRAY_TASK_ID"] = "2"
     wrong = subprocess.run(["bash", script, *common], env=env, capture_output=True, text=True, timeout=600)
     assert wrong.returncode != 0 and "--index 2: the plan has 2 entries (0..1)" in wrong.stderr
+
+
+def test_regenerating_the_table_keeps_the_reading_written_below_it(tmp_path):
+    out = tmp_path / "continual.md"
+    reading = "Reading the table: SI keeps the old tasks.\n\n| a hand-made | table |\n|---|---|\n"
+    # a file rendered before the marker existed: the text after the table's rows is the reading
+    out.write_text(continual_table.render([_record("si", 0, 80.0, 70.0, -5.0)], None) + "\n" + reading)
+    continual_table.render([_record("si", 0, 80.0, 70.0, -5.0), _record("si", 1, 84.0, 66.0, -9.0)], out)
+    text = out.read_text()
+    assert "82.0 ± 2.0" in text and text.endswith(f"{continual_table.NOTES}\n\n{reading}")
+    assert out.with_suffix(".png").is_file()
+    # with the marker: a third render keeps the reading once, below the new table
+    continual_table.render([_record("ewc", 0, 60.0, 50.0, -3.0)], out)
+    text = out.read_text()
+    assert "| ewc " in text and "| si " not in text and text.count(reading) == 1
+    assert text.index("| ewc ") < text.index(continual_table.NOTES) < text.index(reading)
