@@ -3,10 +3,14 @@
 Speed is never asserted here; this checks that the script the next lent GPU will run works: corpus
 generation and packing, the model step eager and compiled, the real trainer (FLAC, pcm16, compiled;
 1-s and 10-s clips) with bf16 in effect inside the engine, the reference stack and the loader table.
+Every result records the commit it was measured with.
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+
+from trainer.machine import source_commit
 
 from .helpers import REPO, run_command
 
@@ -29,3 +33,23 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 4  # trainer runs
     assert "the first micro-step took" in text  # model.compile logs its compile time
     assert "whole trainer / reference stack, 1-s clips:" in text and "skipped" not in text
+
+
+def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):
+    """A benchmark writes its table under benchmarks/results/; the next run measures the same code."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    assert source_commit(tmp_path) == "unknown"
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("old\n")
+    (tmp_path / "model.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "benchmarks" / "results" / "table.md").write_text("new\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("x = 2\n")
+    assert source_commit(tmp_path) == f"{head}-dirty"

@@ -22,7 +22,19 @@ def device_name(device: torch.device, threads: bool = True) -> str:
     return platform.processor() or "CPU"
 
 
+# What the benchmarks write; a second benchmark run after a first one measures the same code.
+RESULTS = "benchmarks/results"
+
+
 def source_commit(repo: Path) -> str:
-    """The checkout's commit, `-dirty` when tracked files have changed since (the code a result was measured with)."""
-    done = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=repo, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
+    """The checkout's commit, `-dirty` when tracked code has changed since (the code a result was measured with).
+
+    Changes under `benchmarks/results/` do not count: the benchmarks write there themselves.
+    """
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+    commit = head.stdout.strip()
+    if not commit:
+        return "unknown"
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                              f":(exclude){RESULTS}"], cwd=repo, capture_output=True, text=True)
+    return f"{commit}-dirty" if changed.stdout.strip() else commit
