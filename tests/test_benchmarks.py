@@ -37,8 +37,8 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
 
 def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):
     """A benchmark writes its table under benchmarks/results/; the next run measures the same code."""
-    def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
     assert source_commit(tmp_path) == "unknown"
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     (tmp_path / "benchmarks" / "results" / "table.md").write_text("old\n")
@@ -46,8 +46,7 @@ def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path
     git("init", "-q")
     git("add", ".")
     git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
-                          text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD").strip()
     (tmp_path / "benchmarks" / "results" / "table.md").write_text("new\n")
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert source_commit(tmp_path) == head
