@@ -8,7 +8,16 @@ import pytest
 from data_shards.pack import PackOptions, pack
 from data_shards.sources import cochlscene, demo, tau22
 
+from trainer.stack import load_faults
+
 from .helpers import TINY
+
+
+def pytest_configure(config):
+    """Stop at once, in one line per fault, when torch's compiled companions do not load (not at every module)."""
+    faults = [] if hasattr(config, "workerinput") else load_faults()
+    if faults:
+        pytest.exit("the installed stack is broken: " + "; ".join(faults), returncode=3)
 
 
 @pytest.fixture(scope="session")
