@@ -73,3 +73,45 @@ def test_exit_process_flushes_buffered_output():
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert done.stdout == "metrics table\n"
+
+
+def test_setup_replaces_or_refuses_a_group_without_a_backend_for_the_device(monkeypatch):
+    """A GPU machine ran an NCCL group in-process before a CPU run; on this machine a gloo group registered for
+    cuda alone stands in for it: it has no backend for CPU tensors, exactly as NCCL has none."""
+    import torch
+    import torch.distributed as dist
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+    from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+
+    from trainer import distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(distributed.free_port()))
+    distributed.teardown()
+    accelerator = get_accelerator()
+    try:
+        dist.init_process_group("cuda:gloo", rank=0, world_size=1)
+        with pytest.raises(RuntimeError, match="No backend type associated with device type cpu"):
+            dist.all_reduce(torch.ones(1))  # what the CPU run met
+        set_accelerator(CUDA_Accelerator())  # and DeepSpeed still chose CUDA for the first run
+        info = distributed.setup("cpu")
+        total = torch.ones(1)
+        dist.all_reduce(total)
+        assert info.device.type == "cpu" and total.item() == 1.0
+        assert dist.get_backend_config() == "cpu:gloo,cuda:gloo" and get_accelerator().device_name() == "cpu"
+        distributed.teardown()
+
+        # several ranks cannot replace their group one by one: refused, naming the backends and the setting
+        dist.init_process_group("cuda:gloo", rank=0, world_size=1)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+        with pytest.raises(RuntimeError, match=r"2-rank process group with backend cuda:gloo, which has no backend "
+                                               r"for device cpu \(a cpu run needs gloo\): set train.device=cuda"):
+            distributed.setup("cpu")
+    finally:
+        monkeypatch.undo()
+        distributed.teardown()
+        set_accelerator(accelerator)

@@ -293,3 +293,22 @@ def test_resampling_when_the_config_rate_differs_from_the_shards(packed):
     a, b = out["dali"][:, 1000:-1000], out["torch"][:, 1000:-1000]
     corr = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
     assert corr.min() > 0.99
+
+
+def test_keys_survive_torchs_pin_memory_step(packed, monkeypatch):
+    """Where CUDA is, the torch reader's DataLoader pins every batch, rebuilding each Sequence from its items;
+    a CPU run skips that step, so it is applied here by hand (tensors 'pinned' in place: no CUDA to pin with)."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
+    folder = packed["tau22"]
+    truth = {m["key"]: m for _, m, _ in read_split(folder, "test")}
+    loader = make_loader(folder, "test", batch_size=3, training=False, backend="torch", num_workers=1)
+    audio, labels, keys = next(iter(loader.reader.epoch(0)))
+    pinned = pin_memory((audio, labels, keys))
+    assert pinned[2] == keys and len(pinned[2]) == 3
+    assert [pinned[2].metadata(i) for i in range(3)] == [truth[k] for k in keys]
+    # any generic rebuild from the items (the step torch took before Keys knew how to pin) keeps the metadata
+    rebuilt = type(keys)([k for k in keys])
+    assert rebuilt == keys and [rebuilt.metadata(i) for i in range(3)] == [truth[k] for k in keys]
+    assert pin_memory({"key": keys})["key"].metadata(2) == truth[keys[2]]

@@ -109,3 +109,22 @@ def test_requeued_job_resumes_on_fewer_tasks(trainable, tmp_path):
     assert "resumed from W=2 on W=1" in output
     steps = [int(line.split(",")[1]) for line in (folder / "steps.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, len(steps) + 1)) and json.loads((folder / "summary.json").read_text())["best_epoch"] >= 0
+
+
+def test_every_sbatch_log_folder_exists_in_a_fresh_clone():
+    """SLURM does not create the folder of --output: without it a job dies at once, leaving no log."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: what a fresh clone holds is unknown")
+    folders = {str(Path(f).parent) for f in tracked.stdout.splitlines()}
+    scripts = sorted((REPO / "launch" / "slurm").glob("*.sbatch"))
+    outputs = {}
+    for script in scripts:
+        lines = [line for line in script.read_text().splitlines() if line.startswith("#SBATCH --output=")]
+        assert len(lines) == 1, f"{script.name}: one #SBATCH --output line, so the log's place is known"
+        outputs[script.name] = lines[0].split("=", 1)[1]
+    assert {"single_node.sbatch", "multi_node.sbatch", "multi_node_torchrun.sbatch", "sit_table.sbatch",
+            "continual_table.sbatch"} <= set(outputs)
+    for name, output in outputs.items():
+        assert not Path(output).is_absolute(), f"{name}: --output={output} is relative to the submission folder"
+        assert str(Path(output).parent) in folders, f"{name}: --output={output}, but a fresh clone has no such folder"

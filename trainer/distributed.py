@@ -86,11 +86,58 @@ def setup(device_choice: str) -> Dist:
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed must not pick CUDA for a CPU run
     info = Dist(rank, world, local, device)
+    _use_accelerator(device)
+    if dist.is_initialized():
+        _adopt_group(info)
     if not dist.is_initialized():
         import deepspeed
 
         deepspeed.init_distributed(dist_backend=info.backend, auto_mpi_discovery=False)
     return info
+
+
+def group_backends() -> dict[str, str]:
+    """{device type: backend} of this process's group: {'cuda': 'nccl'}, {'cpu': 'gloo', 'cuda': 'gloo'}."""
+    return dict(pair.split(":") for pair in dist.get_backend_config().split(","))
+
+
+def _adopt_group(info: Dist) -> None:
+    """Keep the process's group when it can run collectives on `info.device`; else replace or refuse it.
+
+    A group lives as long as its process, so a second run in one process (a notebook, in-process tests) meets
+    the first one's: an NCCL group cannot reduce CPU tensors ("No backend type associated with device type
+    cpu" at the first collective).  A one-process group has no peers to agree with and is replaced; a group of
+    several ranks is refused, since every rank would have to replace it together.
+    """
+    backends = group_backends()
+    if info.device.type in backends:
+        return
+    config = dist.get_backend_config()
+    if dist.get_world_size() == 1 and info.world_size == 1:
+        logging.getLogger(__name__).info("replacing this process's %s process group by %s for device %s",
+                                         config, info.backend, info.device.type)
+        dist.destroy_process_group()
+        return
+    raise RuntimeError(f"this process already belongs to a {dist.get_world_size()}-rank process group with backend "
+                       f"{config}, which has no backend for device {info.device.type} (a {info.device.type} run "
+                       f"needs {info.backend}): set train.device={'/'.join(sorted(backends))}, or start the run "
+                       "in fresh processes")
+
+
+def _use_accelerator(device: torch.device) -> None:
+    """DeepSpeed picks its accelerator once per process; a later run on the other device type must reset it."""
+    if "deepspeed" not in sys.modules:
+        return  # DeepSpeed will choose on first use, by DS_ACCELERATOR and what it finds
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+
+    want = "cpu" if device.type == "cpu" else device.type
+    if get_accelerator().device_name() == want:
+        return
+    if want == "cpu":
+        from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+    else:
+        from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+    set_accelerator(Accelerator())
 
 
 def local_world_size() -> int:

@@ -2,22 +2,53 @@
 
 The training loop never reads keys, so it should not pay for them: the DALI reader hands over one
 dense byte array per batch (each row a JSON member, zero-padded) and the keys are parsed on access.
+
+Generic batch code rebuilds sequences from their items (torch's pin-memory step, which runs only where CUDA
+is, does `type(batch)([pin(x) for x in batch])`): each item is a `Key`, a str that keeps its JSON member, so
+`Keys(list(keys))` is the same batch with the same metadata.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
 
-class Keys(Sequence):
-    """Sequence of str over the rows of a [batch, bytes] uint8 array of JSON members."""
+def _member_of(key: str) -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"Keys are built from str keys, not {type(key).__name__} ({key!r})")
+    return json.dumps({"key": key}).encode()
 
-    def __init__(self, rows: np.ndarray):
+
+class Key(str):
+    """A sample key that carries its sample's JSON member."""
+
+    member: bytes
+
+    def __new__(cls, member: bytes) -> "Key":
+        key = super().__new__(cls, json.loads(member)["key"])
+        key.member = member
+        return key
+
+    def __reduce__(self):
+        return Key, (self.member,)
+
+
+class Keys(Sequence):
+    """Sequence of str over the rows of a [batch, bytes] uint8 array of JSON members.
+
+    Also built from items: `Key`s keep their metadata; a plain str becomes the member {"key": str}.
+    """
+
+    def __init__(self, rows: np.ndarray | Iterable[str]):
+        if not isinstance(rows, np.ndarray):
+            rows = self.from_members([key.member if isinstance(key, Key) else _member_of(key) for key in rows])._rows
+        elif rows.ndim != 2 or rows.dtype != np.uint8:
+            raise TypeError(f"Keys wants a [batch, bytes] uint8 array of JSON members, not {rows.dtype} {rows.shape}")
         self._rows = rows
-        self._cache: list[str] | None = None
+        self._cache: list[Key] | None = None
 
     @classmethod
     def from_members(cls, members: list[bytes]) -> "Keys":
@@ -27,10 +58,14 @@ class Keys(Sequence):
             row[:len(member)] = np.frombuffer(member, dtype=np.uint8)
         return cls(rows)
 
-    def _keys(self) -> list[str]:
+    def _keys(self) -> list[Key]:
         if self._cache is None:
-            self._cache = [json.loads(row.tobytes().rstrip(b"\0"))["key"] for row in self._rows]
+            self._cache = [Key(row.tobytes().rstrip(b"\0")) for row in self._rows]
         return self._cache
+
+    def pin_memory(self) -> "Keys":
+        """Host metadata: nothing to pin (torch's pin-memory step asks every batch member for this first)."""
+        return self
 
     def metadata(self, index: int) -> dict:
         """The whole JSON member of sample `index`."""
