@@ -24,7 +24,7 @@ $(UV): Makefile
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(UV)
 	$(UV) pip install -q --python $(PY) -c $(LOCK) packaging
 	$(PY) -m trainer.stack --check-locks
-	$(UV) pip sync -q --python $(PY) --build-constraints $(LOCK) $(LOCK)
+	$(UV) pip sync -q --python $(PY) --compile-bytecode --build-constraints $(LOCK) $(LOCK)
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m trainer.stack --lock $(LOCK)
 	touch $@

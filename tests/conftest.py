@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny demo corpus in the real layouts, packed once per test session."""
+"""Shared fixtures: a tiny demo corpus in the real layouts, packed once per test session; per-test isolation."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_shards.pack import PackOptions, pack
 from data_shards.sources import cochlscene, demo, tau22
@@ -14,10 +16,28 @@ from .helpers import TINY
 
 
 def pytest_configure(config):
-    """Stop at once, in one line per fault, when torch's compiled companions do not load (not at every module)."""
-    faults = [] if hasattr(config, "workerinput") else load_faults()
+    """Stop at once, in one line per fault, when torch's compiled companions do not load (not at every module).
+
+    Under pytest-xdist each worker gets its share of the cores for torch's threads: N workers with all the
+    cores each would oversubscribe the machine (the ranks the tests start use one thread each already).
+    """
+    if hasattr(config, "workerinput"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // config.workerinput["workercount"]))
+        return
+    faults = load_faults()
     if faults:
         pytest.exit("the installed stack is broken: " + "; ".join(faults), returncode=3)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """An in-process run exports RANK / WORLD_SIZE / MASTER_* (distributed.setup does, for DeepSpeed); the
+    processes a later test starts must not inherit a rank and a port that belong to nobody."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
