@@ -18,6 +18,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
   loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader
+  suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
+             ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 import gpu_corpus
+import gpu_suite
 import reference_stack
 from machine import device_name
 from trainer.data import make_loader
@@ -46,7 +49,7 @@ from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model, flops_per_sample
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("model", "trainer", "reference", "loader", "compiled")  # the corpus and the peak always run
+SECTIONS = ("model", "trainer", "reference", "loader", "compiled", "suite")  # throughput ones need corpus + peak
 
 
 class Bench:
@@ -60,6 +63,7 @@ class Bench:
         self.rows: list[dict] = []
         self.notes: list[str] = []
         self.facts: dict = {}
+        self.suite: dict | None = None
         self.cpus = len(os.sched_getaffinity(0))
         self.config = create_model(self.model, 10, s_patchout_f=6).config  # for the FLOP count, built once
 
@@ -233,23 +237,40 @@ def write(b: Bench, out: Path) -> None:
     if best:
         checks.append(f"- best model-step MFU: **{best:.1f}%** of the measured bf16 peak (target >= 35%)")
     corpus = b.facts.get("corpus")
-    text = (f"# GPU throughput: model step, loader, whole trainer and the reference stack, side by side\n\n"
-            f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores), "
-            f"torch {torch.__version__}, with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
-            f"({time.perf_counter() - b.started:.0f} s). bf16 matmul peak measured in the same call: "
-            f"{b.facts.get('peak_tflops', float('nan')):.0f} TFLOP/s (MFU column = training FLOPs, 3x the forward "
-            f"count of `flops_per_sample`, per second over that peak).\n\n"
-            + (f"Corpus: {corpus}\n\n" if corpus else "")
-            + tabulate(table, headers=["what", "clips", "batch", "samples/s", "MFU %", "note"], tablefmt="github")
-            + "\n\n" + ("\n".join(checks) + "\n\n" if checks else "")
-            + ("\n".join(f"- {n}" for n in b.notes) + "\n" if b.notes else ""))
+    text = ""
+    if b.rows or not b.suite:
+        text = (f"# GPU throughput: model step, loader, whole trainer and the reference stack, side by side\n\n"
+                f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores), "
+                f"torch {torch.__version__}, with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
+                f"({time.perf_counter() - b.started:.0f} s). bf16 matmul peak measured in the same call: "
+                f"{b.facts.get('peak_tflops', float('nan')):.0f} TFLOP/s (MFU column = training FLOPs, 3x the forward "
+                f"count of `flops_per_sample`, per second over that peak).\n\n"
+                + (f"Corpus: {corpus}\n\n" if corpus else "")
+                + tabulate(table, headers=["what", "clips", "batch", "samples/s", "MFU %", "note"], tablefmt="github")
+                + "\n\n" + ("\n".join(checks) + "\n\n" if checks else "")
+                + ("\n".join(f"- {n}" for n in b.notes) + "\n" if b.notes else "") + ("\n" if b.suite else ""))
+    if b.suite:  # on the GPU when there is one, whatever --tiny says (the tests choose their devices)
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device_name(b.device, threads=False)
+        text += gpu_suite.markdown(b.suite, device, heading="##" if b.rows else "#",
+                                   intro=f"Measured {datetime.date.today().isoformat()} with `python benchmarks/gpu.py "
+                                         f"{' '.join(sys.argv[1:])}`.")
     out.parent.mkdir(parents=True, exist_ok=True)
     if b.args.append and out.is_file():
-        text = b.previous + "\n" + text.replace("# GPU throughput", "## More rows: GPU throughput", 1)
+        text = b.previous + "\n" + (text.replace("# GPU throughput", "## More rows: GPU throughput", 1) if b.rows
+                                    else "#" + text)
     out.write_text(text)
 
 
 def run(b: Bench, work: Path) -> None:
+    if set(b.args.sections) - {"suite"}:
+        throughput(b, work)
+    if b.fits("suite", 60):
+        # tiny: one small file on one worker checks the plumbing (the whole suite is what runs this)
+        paths = ["tests/test_sit_metrics.py"] if b.tiny else []
+        b.suite = gpu_suite.run_suite(1 if b.tiny else max(1, b.cpus - 2), b.left(), work / "suite", paths)
+
+
+def throughput(b: Bench, work: Path) -> None:
     corpus = gpu_corpus.make_corpus(work / "corpus", tiny=b.tiny, workers=max(1, b.cpus - 1))
     t = corpus["timings"]
     b.facts["corpus"] = (f"{corpus['clips']['short']} 1-s + {corpus['clips']['long']} 10-s clips in "

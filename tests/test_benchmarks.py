@@ -32,7 +32,9 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
         assert (what, clips) in rows, (what, clips, text)
     assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 4  # trainer runs
     assert "the first micro-step took" in text  # model.compile logs its compile time
-    assert "whole trainer / reference stack, 1-s clips:" in text and "skipped" not in text
+    assert "whole trainer / reference stack, 1-s clips:" in text and ": skipped" not in text
+    # and the suite section: the plumbing on one small test file (a GPU machine runs the whole suite)
+    assert "## The test suite on " in text and "tests/test_sit_metrics.py`: **3 passed, 0 failed, 0 error, 0 skipped**" in text
 
 
 def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):
@@ -52,3 +54,33 @@ def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path
     assert source_commit(tmp_path) == head
     (tmp_path / "model.py").write_text("x = 2\n")
     assert source_commit(tmp_path) == f"{head}-dirty"
+
+
+def test_the_suite_section_counts_outcomes_and_reports_what_finished_before_the_time_limit(tmp_path):
+    """gpu.py's `suite` section on a suite made here: ids of failures, errors and skips with their reasons, and
+    at the time limit the tests that finished are still reported (pytest is interrupted, not killed)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_suite
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_outcomes.py").write_text(
+        "import pytest, time\n"
+        "def test_passes():\n    pass\n"
+        "def test_fails():\n    assert 1 == 2, 'one is not two'\n"
+        "@pytest.mark.skip(reason='not here')\ndef test_skipped():\n    pass\n"
+        "@pytest.fixture\ndef broken():\n    raise RuntimeError('fixture broke')\n"
+        "def test_errors(broken):\n    pass\n"
+        "@pytest.mark.parametrize('n', [1, 2])\ndef test_param(n):\n    assert n == 1\n")
+    (suite / "test_slow.py").write_text("import time\ndef test_sleeps():\n    time.sleep(120)\n")
+    result = gpu_suite.run_suite(1, 20, tmp_path / "work", [str(suite)])
+    assert result["timed_out"] and result["wall_s"] < 100
+    ids = {kind: [tid.split("::", 1)[1] for tid, _ in result[kind]] for kind in ("passed", "failed", "error", "skipped")}
+    assert sorted(ids["passed"]) == ["test_param[1]", "test_passes"]
+    assert sorted(ids["failed"]) == ["test_fails", "test_param[2]"]
+    assert ids["error"] == ["test_errors"] and ids["skipped"] == ["test_skipped"]
+    assert "test_sleeps" not in str(result)
+    assert any("one is not two" in why for _, why in result["failed"])
+    text = gpu_suite.markdown(result, "a test machine")
+    assert "**2 passed, 2 failed, 1 error, 1 skipped**" in text and "stopped at the time limit" in text
+    assert "- `" in text and "test_outcomes.py::test_fails`" in text

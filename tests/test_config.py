@@ -32,6 +32,21 @@ def test_layers_and_overrides():
     assert demo.data.dataset == "cochlscene"  # from configs/cochl.yaml, untouched by the overlay
 
 
+@pytest.mark.parametrize("stage", ["cochl", "tau", "standard_ft"])
+def test_the_demo_takes_bf16_on_a_gpu_and_fp32_on_a_cpu(stage):
+    from trainer.config import resolve_precision
+
+    for device, precision in (("cuda", "bf16"), ("cpu", "fp32")):
+        cfg = load_config(stage, demo=True)
+        assert cfg.train.precision == "auto"
+        resolve_precision(cfg, device)
+        assert cfg.train.precision == precision
+        assert ("torch_autocast" in deepspeed_config(cfg, 1)) == (precision == "bf16")
+    explicit = load_config(stage, ["train.precision=fp32"], demo=True)
+    resolve_precision(explicit, "cuda")
+    assert explicit.train.precision == "fp32"  # a stated precision is kept
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.epochz=3", "'train.epochz'"),
     ("train.epochs=three", "'train.epochs'"),

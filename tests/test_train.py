@@ -167,6 +167,27 @@ def test_zero_stages_agree(trainable, work, reference, launcher, stage):
     np.testing.assert_allclose(b["loss"], a["loss"][:6], rtol=1e-4)
 
 
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                          reason="needs a CUDA device")])])
+def test_the_demo_runs_where_it_is_and_its_first_line_says_how(trainable, tmp_path, device):
+    """`make demo`'s stage settings (--demo) on the device at hand: bf16 inside the engine and the DALI pipeline on a
+    GPU, fp32 on a CPU; the trainer's first log line names device, precision and loader."""
+    done = run_command([sys.executable, str(TRAIN), "--stage", "cochl", "--demo", f"data.root={trainable}",
+                        "data.clip_seconds=1.0", "train.epochs=1", "train.global_batch=8", "train.micro_batch=4",
+                        f"train.device={device}", f"run.out={tmp_path}", "run.name=demo"])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    first = next(line for line in (done.stdout + done.stderr).splitlines() if "trainer.engine:" in line)
+    if device == "cuda":
+        assert "1 rank(s) on cuda (nccl)" in first and "dali loader on cuda" in first, first
+        assert "precision: bfloat16 autocast inside the engine, float32 weights and Adam state" in first, first
+    else:
+        assert "1 rank(s) on cpu (gloo)" in first and "precision: float32" in first, first
+        assert "dali loader on cpu" in first, first
+    saved = (tmp_path / "cochl" / "demo" / "config.yaml").read_text()
+    assert f"precision: {'bf16' if device == 'cuda' else 'fp32'}" in saved  # the choice, not 'auto'
+
+
 def test_tau_stage_starts_from_the_cochl_model(trainable, work, reference, demo_root):
     """... and without a validation split (data.val_split=null) keeps its last epoch."""
     overrides = train_overrides(trainable, work["runs"], "tau", dataset="tau22", init_from=reference / "model.pt",

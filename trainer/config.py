@@ -107,7 +107,7 @@ class TrainConfig:
     global_batch: int = 256  # samples per optimizer step over all ranks (= micro x accumulation x ranks)
     micro_batch: int = 32  # samples per rank per forward pass
     eval_batch: int = 32  # samples per rank per evaluation batch
-    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32 | auto (bf16 on CUDA, fp32 on the CPU)
     zero_stage: int = 0  # DeepSpeed ZeRO stage: 0, 1 or 2
     device: str = "auto"  # auto (cuda when available) | cuda | cpu
     seed: int = 0  # seeds model init, data order and augmentation (per rank and epoch)
@@ -172,6 +172,14 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
     return merge_layers(Config, layers, {"stage": stage}, overrides, example="train.epochs=5")
 
 
+def resolve_precision(cfg: Config, device_type: str) -> None:
+    """train.precision=auto becomes bf16 on CUDA and fp32 on the CPU (where bf16 autocast is emulated, and slower
+    than fp32): the demo's setting, so that one config trains fast on a laptop and on a GPU machine.  The run's
+    saved config.yaml holds the precision chosen."""
+    if cfg.train.precision == "auto":
+        cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
+
+
 def gradient_accumulation(cfg: Config, world_size: int) -> int:
     per_step = cfg.train.micro_batch * world_size
     if cfg.train.global_batch % per_step:
@@ -192,7 +200,7 @@ def validate(cfg: Config, world_size: int) -> dict:
     _choice("data.backend", cfg.data.backend, BACKENDS)
     _choice("model.name", cfg.model.name, MODELS)
     _choice("model.attention", cfg.model.attention, ("sdpa", "plain"))
-    _choice("train.precision", cfg.train.precision, ("bf16", "fp32"))
+    _choice("train.precision", cfg.train.precision, ("bf16", "fp32", "auto"))
     _choice("train.zero_stage", cfg.train.zero_stage, (0, 1, 2))
     _choice("train.device", cfg.train.device, ("auto", "cuda", "cpu"))
     _choice("train.select_metric", cfg.train.select_metric, SELECT_METRICS)

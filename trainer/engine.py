@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, distributed, report
-from .config import SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, selection, validate
+from .config import (SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, resolve_precision, selection,
+                     validate)
 from .configtools import to_dict, to_yaml
 from .data import make_loader
 from .data.augment import FreqMixStyle
@@ -103,6 +104,7 @@ class Trainer:
         cfg = self.cfg
         # Processes: one per GPU (or CPU rank), whichever launcher started us.
         self.dist = d = distributed.setup(cfg.train.device)
+        resolve_precision(cfg, d.device.type)  # train.precision=auto follows the device
         # Config against the files and the world size, before any heavy work.
         self.manifest = validate(cfg, d.world_size)  # loaded once; the loaders reuse it
         self.classes, self.device_names = self.manifest["classes"], self.manifest["devices"]
@@ -153,12 +155,12 @@ class Trainer:
         plan = self.train_loader.plan
         log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, precision: %s | global batch %d = %d micro x %d "
                  "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %s, test %d | "
-                 "%s loader, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s", self.run_dir, d.world_size,
+                 "%s loader on %s, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s", self.run_dir, d.world_size,
                  d.device.type, d.backend, cfg.train.zero_stage, precision_in_effect(self.engine),
                  cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size, cfg.data.dataset,
                  plan.num_samples, plan.steps, cfg.train.epochs,
                  self.val_loader.plan.num_samples if self.val_loader else "- (the last epoch is kept)",
-                 self.test_loader.plan.num_samples, cfg.data.backend, self.num_workers, cfg.model.name,
+                 self.test_loader.plan.num_samples, cfg.data.backend, d.device.type, self.num_workers, cfg.model.name,
                  count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
                  " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), resume_note)
         return self
