@@ -9,6 +9,7 @@ finished are still counted and the report says which ran out of time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -47,6 +48,9 @@ def parse_junit(path: Path) -> dict:
 
 def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -> dict:
     """The suite (or `paths`) with `-n workers`; {passed, failed, error, skipped, wall_s, timed_out, log, command}."""
+    if importlib.util.find_spec("xdist") is None:
+        raise RuntimeError("the suite runs under pytest-xdist (pyproject's addopts say -n auto), which is not installed "
+                           "here: pip install pytest-xdist execnet (both pure Python; stage them with the other wheels)")
     work.mkdir(parents=True, exist_ok=True)
     report, log = work / "suite.xml", work / "suite.log"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), "-rfE",

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,10 +32,17 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _restore_environment():
-    """An in-process run exports RANK / WORLD_SIZE / MASTER_* (distributed.setup does, for DeepSpeed); the
-    processes a later test starts must not inherit a rank and a port that belong to nobody."""
+def _isolated():
+    """Each test starts from the same state whichever tests ran before it in this process (xdist decides that):
+
+    - an in-process run exports RANK / WORLD_SIZE / MASTER_* (distributed.setup does, for DeepSpeed); the
+      processes a later test starts must not inherit a rank and a port that belong to nobody;
+    - the global RNGs are seeded, so random inputs do not depend on the order the tests ran in.
+    """
     saved = dict(os.environ)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
     yield
     if os.environ != saved:
         os.environ.clear()
