@@ -95,15 +95,15 @@ def load_faults(dali: bool | None = None) -> list[str]:
             pair = release_text(torch_v)
             faults.append(f"torchaudio {audio_v} does not load with torch {torch_v} ({why}): install the tested pair "
                           f"torch=={pair} torchaudio=={pair}, best the whole lock ({lock_for_this_python()})")
+    others = [("deepspeed", "deepspeed")]
     if dali if dali is not None else sys.platform == "linux":
-        dali_v = installed_version("nvidia-dali-cuda130")
-        fault = _load("nvidia.dali.backend") if dali_v else "not installed"
-        if fault:
-            faults.append(f"nvidia-dali-cuda130 {dali_v or ''} does not load beside torch {torch_v} ({fault})".replace("  ", " "))
-    ds_v = installed_version("deepspeed")
-    fault = _load("deepspeed") if ds_v else "not installed"
-    if fault:
-        faults.append(f"deepspeed {ds_v or ''} does not load with torch {torch_v} ({fault})".replace("  ", " "))
+        others.insert(0, ("nvidia-dali-cuda130", "nvidia.dali.backend"))
+    for name, module in others:
+        version = installed_version(name)
+        if version is None:
+            faults.append(f"{name} is not installed beside torch {torch_v}: install the lock ({lock_for_this_python()})")
+        elif fault := _load(module):
+            faults.append(f"{name} {version} does not load beside torch {torch_v} ({fault})")
     return faults
 
 
