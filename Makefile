@@ -12,6 +12,8 @@ DEMO    := data/demo
 PYVER   := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 LOCK    := requirements/lock-py$(PYVER).txt
 LOCKED_PYTHONS := 3.11 3.12 3.13
+# pyproject against every lock: needs only packaging (at the lock's version) and the source tree
+CHECK_LOCKS = $(UV) pip install -q --python $(PY) -c $(LOCK) packaging && $(PY) -m trainer.stack --check-locks
 
 .PHONY: demo test lock lock-upgrade clean-demo
 
@@ -22,8 +24,7 @@ $(UV): Makefile
 
 # The locks are checked against pyproject before anything large is downloaded, the compiled pieces after.
 $(VENV)/.installed: pyproject.toml $(LOCK) | $(UV)
-	$(UV) pip install -q --python $(PY) -c $(LOCK) packaging
-	$(PY) -m trainer.stack --check-locks
+	$(CHECK_LOCKS)
 	$(UV) pip sync -q --python $(PY) --compile-bytecode --build-constraints $(LOCK) $(LOCK)
 	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	$(PY) -m trainer.stack --lock $(LOCK)
@@ -51,8 +52,7 @@ lock lock-upgrade: | $(UV)
 	    --python-platform x86_64-manylinux_2_28 $(if $(filter lock-upgrade,$@),--upgrade) \
 	    -o requirements/lock-py$$v.txt || exit 1; \
 	done
-	$(UV) pip install -q --python $(PY) -c $(LOCK) packaging
-	$(PY) -m trainer.stack --check-locks
+	$(CHECK_LOCKS)
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+OUTCOMES = ("passed", "failed", "error", "skipped")
 
 
 def test_id(case: ET.Element) -> str:
@@ -31,7 +32,7 @@ def test_id(case: ET.Element) -> str:
 def parse_junit(path: Path) -> dict:
     """Counts and the ids of failed, erroring and skipped tests (with the first line of why)."""
     root = ET.parse(path).getroot()
-    outcome = {"passed": [], "failed": [], "error": [], "skipped": []}
+    outcome = {key: [] for key in OUTCOMES}
     for case in root.iter("testcase"):
         if case.get("name") is None:  # the test an interruption cut short leaves a nameless entry
             continue
@@ -69,7 +70,7 @@ def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    result = parse_junit(report) if report.is_file() else {"passed": [], "failed": [], "error": [], "skipped": []}
+    result = parse_junit(report) if report.is_file() else {key: [] for key in OUTCOMES}
     result.update(wall_s=time.perf_counter() - started, timed_out=timed_out, returncode=proc.returncode, log=str(log),
                   command=" ".join(command[1:]).replace(str(report), "suite.xml"))
     if not report.is_file():
@@ -78,7 +79,7 @@ def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -
 
 
 def markdown(result: dict, device: str, heading: str = "#", intro: str = "") -> str:
-    counts = ", ".join(f"{len(result[k])} {k}" for k in ("passed", "failed", "error", "skipped"))
+    counts = ", ".join(f"{len(result[k])} {k}" for k in OUTCOMES)
     lines = [f"{heading} The test suite on {device}", "", *([intro, ""] if intro else []),
              f"`python {result['command']}`: **{counts}** in {result['wall_s']:.0f} s"
              + (" (**stopped at the time limit**: the tests not listed did not run)" if result["timed_out"] else "")

@@ -96,11 +96,6 @@ def setup(device_choice: str) -> Dist:
     return info
 
 
-def group_backends() -> dict[str, str]:
-    """{device type: backend} of this process's group: {'cuda': 'nccl'}, {'cpu': 'gloo', 'cuda': 'gloo'}."""
-    return dict(pair.split(":") for pair in dist.get_backend_config().split(","))
-
-
 def _adopt_group(info: Dist) -> None:
     """Keep the process's group when it can run collectives on `info.device`; else replace or refuse it.
 
@@ -109,10 +104,10 @@ def _adopt_group(info: Dist) -> None:
     cpu" at the first collective).  A one-process group has no peers to agree with and is replaced; a group of
     several ranks is refused, since every rank would have to replace it together.
     """
-    backends = group_backends()
+    config = dist.get_backend_config()  # {device type}:{backend} pairs: "cuda:nccl", "cpu:gloo,cuda:gloo"
+    backends = dict(pair.split(":") for pair in config.split(","))
     if info.device.type in backends:
         return
-    config = dist.get_backend_config()
     if dist.get_world_size() == 1 and info.world_size == 1:
         logging.getLogger(__name__).info("replacing this process's %s process group by %s for device %s",
                                          config, info.backend, info.device.type)
@@ -130,10 +125,9 @@ def _use_accelerator(device: torch.device) -> None:
         return  # DeepSpeed will choose on first use, by DS_ACCELERATOR and what it finds
     from deepspeed.accelerator import get_accelerator, set_accelerator
 
-    want = "cpu" if device.type == "cpu" else device.type
-    if get_accelerator().device_name() == want:
+    if get_accelerator().device_name() == device.type:
         return
-    if want == "cpu":
+    if device.type == "cpu":
         from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
     else:
         from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator

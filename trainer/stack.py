@@ -126,7 +126,6 @@ def read_lock(path: Path) -> Lock:
         raise StackError(f"{path}: a lock is named lock-py<major>.<minor>.txt (the Python it was resolved for)")
     lock = Lock(path, name.group(1))
     current = None
-    in_via = False
     for line in path.read_text().splitlines():
         stripped = line.strip()
         if line.startswith("#    uv pip compile"):
@@ -141,13 +140,8 @@ def read_lock(path: Path) -> Lock:
                 raise StackError(f"{path}: '{line}' is not an exact pin (name==version)")
             current = canonicalize_name(pin.group(1))
             lock.pins[current] = pin.group(2)
-            in_via = False
-        elif stripped.startswith("# via"):
-            in_via = True
-            if f"{PROJECT} (pyproject.toml)" in stripped:
-                lock.direct.add(current)
-        elif in_via and stripped.startswith("#") and f"{PROJECT} (pyproject.toml)" in stripped:
-            lock.direct.add(current)
+        elif current and stripped.startswith("#") and f"{PROJECT} (pyproject.toml)" in stripped:
+            lock.direct.add(current)  # uv's `# via` lines under a pin: one of them names pyproject
     return lock
 
 

@@ -16,6 +16,14 @@ from typing import Iterable, Iterator
 import numpy as np
 
 
+def _dense(members: list[bytes]) -> np.ndarray:
+    """JSON members as the rows of a zero-padded [batch, bytes] uint8 array (the DALI reader's layout)."""
+    rows = np.zeros((len(members), max((len(m) for m in members), default=0)), dtype=np.uint8)
+    for row, member in zip(rows, members):
+        row[:len(member)] = np.frombuffer(member, dtype=np.uint8)
+    return rows
+
+
 def _member_of(key: str) -> bytes:
     if not isinstance(key, str):
         raise TypeError(f"Keys are built from str keys, not {type(key).__name__} ({key!r})")
@@ -44,7 +52,7 @@ class Keys(Sequence):
 
     def __init__(self, rows: np.ndarray | Iterable[str]):
         if not isinstance(rows, np.ndarray):
-            rows = self.from_members([key.member if isinstance(key, Key) else _member_of(key) for key in rows])._rows
+            rows = _dense([key.member if isinstance(key, Key) else _member_of(key) for key in rows])
         elif rows.ndim != 2 or rows.dtype != np.uint8:
             raise TypeError(f"Keys wants a [batch, bytes] uint8 array of JSON members, not {rows.dtype} {rows.shape}")
         self._rows = rows
@@ -53,10 +61,7 @@ class Keys(Sequence):
     @classmethod
     def from_members(cls, members: list[bytes]) -> "Keys":
         """From the JSON members themselves (readers that have them as bytes)."""
-        rows = np.zeros((len(members), max((len(m) for m in members), default=0)), dtype=np.uint8)
-        for row, member in zip(rows, members):
-            row[:len(member)] = np.frombuffer(member, dtype=np.uint8)
-        return cls(rows)
+        return cls(_dense(members))
 
     def _keys(self) -> list[Key]:
         if self._cache is None:
