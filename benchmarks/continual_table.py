@@ -92,7 +92,7 @@ def measure(job: Job, pickle: str | None, threads: int, jobs: int) -> dict:
             "load_after": round(os.getloadavg()[0], 2),
             "command": f"python launch/continual.py method={job.run} n_iter={job.n_iter} train.seed={job.seed}",
             "machine": device_name(torch.device("cpu")) if summary["device"] == "cpu" else summary["device"],
-            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in",
+            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in (vggish-scale codes)",
             "commit": commit}
 
 

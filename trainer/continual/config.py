@@ -20,6 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "continual"
 class DataSettings:
     pickle: str | None = None  # audioset_data_balanced.pickle; null: the synthetic stand-in
     synthetic_seed: int = 0  # seed of the stand-in
+    synthetic_codes: str = "vggish"  # vggish: the released codes' scale (~128 +- 55); small: the pre-2026-12 scale
     num_tasks: int = 10
     classes_per_task: int = 10
     split_seed: int = 42  # class permutation and validation split
@@ -102,6 +103,9 @@ def load_continual_config(overrides: list[str], configs: Path = CONFIGS) -> Cont
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if cfg.train.threads < 0:
         raise ConfigError(f"train.threads={cfg.train.threads} must be 0 (all cores) or a number of threads")
+    if cfg.data.synthetic_codes not in ("vggish", "small"):
+        raise ConfigError(f"data.synthetic_codes={cfg.data.synthetic_codes!r} must be vggish (the released codes' "
+                          "scale) or small (the scale of the tables before 2026-12)")
     if not 0 <= cfg.params.mask_fraction < 1:
         raise ConfigError(f"params.mask_fraction={cfg.params.mask_fraction} must be in [0, 1)")
     return cfg

@@ -63,7 +63,8 @@ def load_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
 def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800, test_per_class: int = 200, *,
               atoms: int = 12, atoms_per_class: int = 3, atom_codes: int = 12, background_atoms: int = 2,
-              max_shift: int = 4, signal: float = 1.5, noise: float = 2.5) -> tuple[np.ndarray, ...]:
+              max_shift: int = 4, signal: float = 1.5, noise: float = 2.5,
+              codes: str = "vggish") -> tuple[np.ndarray, ...]:
     """A stand-in with the pickle's shapes, sizes and dtype, its classes built from one shared basis.
 
     `atoms` spectral atoms (each a non-negative profile over `atom_codes` of the 128 codes; atoms overlap) form
@@ -73,9 +74,17 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
     and a new task re-purposes the units the old heads read (interference).  A sample scales each envelope by
     its own gain with a per-frame jitter, adds `background_atoms` random atoms with random envelopes (other
     sounds in the clip), is rotated in time by up to `max_shift` frames (events are not aligned with the clip)
-    and sits on background noise codes.  Values stay small (raw codes, no normalisation, as published), so that
-    short runs learn without saturating the LSTM's gates.
+    and sits on background noise codes.
+
+    `codes` sets the scale.  "vggish" (default): as the released embeddings are made, each of the 128 codes is
+    whitened (here: standardised over the data set, as PCA whitening leaves each component at unit variance),
+    clipped to +-2 and mapped onto 0..255 with the postprocessor's truncating cast, so a code sits around 128 with
+    a spread of about 55 and ~2% of the values at each end; the LSTM sees them raw, as the published code feeds
+    them.  "small": the sum itself rounded (mean ~4, std ~3), the scale of this project's tables before 2026-12
+    (`benchmarks/results/continual_small.md`), kept to reproduce them.
     """
+    if codes not in QUANTISERS:
+        raise DataError(f"synthetic codes={codes!r}: choose one of {sorted(QUANTISERS)} (data.synthetic_codes)")
     rng = np.random.default_rng(seed)
     basis = np.zeros((atoms, CODES), np.float32)
     for a in range(atoms):
@@ -100,8 +109,7 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
     del term
     rotated = (np.arange(FRAMES)[None, :] - rng.integers(0, max_shift + 1, len(y))[:, None]) % FRAMES
     x = np.take_along_axis(x, rotated[:, :, None], 1)
-    np.rint(x, out=x)
-    x = np.clip(x, 0, 255, out=x).astype(np.uint8)
+    x = QUANTISERS[codes](x)
     order = rng.permutation(len(y))
     x, y = x[order], y[order]
     train_ind, test_ind = [], []
@@ -110,6 +118,29 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
         train_ind.append(rows[:train_per_class])
         test_ind.append(rows[train_per_class:])
     return x, y, np.sort(np.concatenate(train_ind)), np.sort(np.concatenate(test_ind))
+
+
+def _vggish_codes(x: np.ndarray) -> np.ndarray:
+    """Whitened per code, then the VGGish postprocessor's quantisation: clip to [-2, 2], scale onto [0, 255],
+    truncate to uint8 (so 255 is reached by the clipped values only).  In place on the float array."""
+    rows = x.reshape(-1, CODES)
+    mean = rows.sum(0, dtype=np.float64) / len(rows)
+    std = np.sqrt(np.einsum("ij,ij->j", rows, rows, dtype=np.float64) / len(rows) - mean ** 2)  # 15x x.std's speed
+    x -= mean.astype(np.float32)
+    x /= std.astype(np.float32)
+    np.clip(x, -VGGISH_CLIP, VGGISH_CLIP, out=x)
+    x += VGGISH_CLIP
+    x *= 255.0 / (2 * VGGISH_CLIP)
+    return x.astype(np.uint8)
+
+
+def _small_codes(x: np.ndarray) -> np.ndarray:
+    np.rint(x, out=x)
+    return np.clip(x, 0, 255, out=x).astype(np.uint8)
+
+
+VGGISH_CLIP = 2.0  # the AudioSet release's QUANTIZE_MIN_VAL / MAX_VAL, in standard deviations
+QUANTISERS = {"vggish": _vggish_codes, "small": _small_codes}
 
 
 def _random_walks(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def load_tasks(cfg: ContinualConfig) -> list[Task]:
     d = cfg.data
-    arrays = load_pickle(d.pickle) if d.pickle else synthetic(d.synthetic_seed)
+    arrays = load_pickle(d.pickle) if d.pickle else synthetic(d.synthetic_seed, codes=d.synthetic_codes)
     return make_tasks(*arrays, num_tasks=d.num_tasks, classes_per_task=d.classes_per_task, seed=d.split_seed,
                       val_size=d.val_size)
 
