@@ -6,7 +6,8 @@
 
 `--stage NAME` reads configs/NAME.yaml; `--demo` adds configs/demo/NAME.yaml and packs the demo corpus on
 first use; `key=value` overrides any config key (e.g. train.epochs=5 optim.method=seq_ft).
-Exit status: 0 done, 2 bad configuration, 75 checkpointed after a pre-emption signal (run again to resume).
+Exit status: 0 done, 2 bad configuration or no checkpoint to resume from that verifies (never requeued), 75
+checkpointed after a pre-emption signal (run again to resume).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from trainer import distributed
+from trainer.checkpoint_files import NoGoodCheckpointError, UnsafeCheckpointError
 from trainer.config import ConfigError, available_stages, load_config
 from trainer.demo import ensure_demo_shards
 from trainer.engine import Trainer
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             ensure_demo_shards(Path(cfg.data.root))
         trainer = Trainer(cfg).setup()
         return trainer.fit()
-    except ConfigError as exc:
+    except (ConfigError, NoGoodCheckpointError, UnsafeCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -71,3 +71,17 @@ def trainable(demo_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("train_shards")
     demo.pack_demo(demo_root, PackOptions(out=out, shard_samples=7, workers=2, seed=3), val_fraction=0.5)
     return out
+
+
+@pytest.fixture
+def group(monkeypatch):
+    """A one-rank gloo process group in this process (what the collective checkpoint code needs), removed after."""
+    from trainer import distributed
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(distributed.free_port()))
+    info = distributed.setup("cpu")
+    yield info
+    distributed.teardown()

@@ -76,6 +76,13 @@ def test_finished_or_failed_trainer_does_not_requeue(tmp_path):
     assert not (tmp_path / "requeued").exists()
 
 
+def test_a_run_that_cannot_resume_is_not_requeued(tmp_path):
+    """Exit 2 (a bad setting, or no checkpoint that verifies) is final: requeueing would only fail again."""
+    proc = _harness(tmp_path, "bash -c 'exit 2'", stdout=subprocess.PIPE, text=True)
+    assert proc.wait(30) == 2 and "is not requeued" in proc.stdout.read()
+    assert not (tmp_path / "requeued").exists()
+
+
 def test_time_limit_signal_requeues_and_waits_for_the_step(tmp_path):
     marker = tmp_path / "step_done"
     proc = _harness(tmp_path, f"bash -c 'sleep 2; touch {marker}'")

@@ -7,6 +7,7 @@ summary.json, model.pt and the checkpoints.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -62,7 +63,7 @@ def resumed(trainable, work) -> tuple[Path, list[int]]:
 
     procs = start_ranks(args, work["logs"])
     deadline = time.monotonic() + 300
-    while not (latest.is_file() and latest.read_text().startswith("e0001")):
+    while not any((folder / "checkpoints").glob("e0001-*/manifest.json")):  # epoch 1's checkpoint, sealed
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), logs(work["logs"])
         time.sleep(0.02)
     for p in procs:
@@ -145,6 +146,58 @@ def test_killed_and_preempted_run_resumes_exactly(reference, resumed):
     sa = json.loads((reference / "summary.json").read_text())
     sb = json.loads((folder / "summary.json").read_text())
     assert sb["test"]["log_loss"] == pytest.approx(sa["test"]["log_loss"], rel=1e-6)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-64])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_exactly(trainable, work, reference):
+    """The finished reference run copied twice: in one copy the newest checkpoint's rank-1 ZeRO partition is cut
+    short, in the other a bit of its model states is flipped.  Each resumes from the previous checkpoint (the end
+    of epoch 1) with a WARNING naming the file and the fault, trains epoch 2 again and ends as the reference did."""
+    newest, previous = sorted(p.name for p in (reference / "checkpoints").glob("e*"))[::-1]
+    cases = {"truncated": ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _truncate, "bytes, the manifest"),
+             "altered": ("mp_rank_00_model_states.pt", _flip, "checksum mismatch")}
+    procs = {}
+    for name, (damaged, damage, _) in cases.items():
+        shutil.copytree(reference, work["runs"] / "cochl" / name)
+        damage(work["runs"] / "cochl" / name / "checkpoints" / newest / damaged)
+        log_dir = work["logs"] / name
+        log_dir.mkdir()
+        procs[name] = start_ranks(["--stage", "cochl", *train_overrides(trainable, work["runs"], name,
+                                                                       train__zero_stage=1)], log_dir)
+    for name, (damaged, _, fault) in cases.items():
+        assert wait_ranks(procs[name]) == [0, 0], logs(work["logs"] / name)
+        folder, text = work["runs"] / "cochl" / name, logs(work["logs"] / name)
+        assert f"checkpoint {folder / 'checkpoints' / newest} is damaged" in text and damaged in text and fault in text
+        assert f"resumed at epoch 2 step 6 from {previous} (1 newer damaged checkpoint(s) set aside)" in text
+        assert (folder / "checkpoints" / f"{newest}.damaged" / "faults.txt").is_file()
+        a, b = pd.read_csv(reference / "steps.csv"), pd.read_csv(folder / "steps.csv")
+        assert b["step"].tolist() == a["step"].tolist()
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-6)
+        ea, eb = pd.read_csv(reference / "epochs.csv"), pd.read_csv(folder / "epochs.csv")
+        np.testing.assert_allclose(eb["val_log_loss"], ea["val_log_loss"], rtol=1e-6)
+        sa, sb = (json.loads((f / "summary.json").read_text()) for f in (reference, folder))
+        assert sb["test"]["log_loss"] == pytest.approx(sa["test"]["log_loss"], rel=1e-6)
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_exits_2_and_says_why(trainable, work, reference):
+    folder = work["runs"] / "cochl" / "hopeless"
+    shutil.copytree(reference, folder)
+    for tag in (folder / "checkpoints").glob("e*"):
+        (tag / "manifest.json").unlink()
+    log_dir = work["logs"] / "hopeless"
+    log_dir.mkdir()
+    args = ["--stage", "cochl", *train_overrides(trainable, work["runs"], "hopeless", train__zero_stage=1)]
+    assert wait_ranks(start_ranks(args, log_dir)) == [2, 2], logs(log_dir)
+    assert "error: no checkpoint under" in logs(log_dir) and "the run cannot resume" in logs(log_dir)
 
 
 @pytest.mark.parametrize("launcher,stage", [("torchrun", 0), ("deepspeed", 2)])

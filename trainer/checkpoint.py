@@ -4,14 +4,14 @@ A checkpoint tag `e<epoch>-s<step>` holds the engine (module, optimizer / ZeRO p
 scheduler) and a client state with the data position (`epoch`, `step_in_epoch`), `global_step` and the
 model-selection history.  Each rank also stores its RNG states (torch, CUDA, NumPy, Python), and rank 0
 a `position.json`: the world size and ZeRO stage that wrote the tag and, mid-epoch, the keys of the samples
-the epoch has trained on, so that another number of ranks can continue it (`reshard`).  All of it is
-written before DeepSpeed updates `latest`, so a tag named there is complete.
+the epoch has trained on, so that another number of ranks can continue it (`reshard`).  The tag is sealed
+by its `manifest.json` once every rank's files are on disk; resume takes the newest tag that verifies and
+loads nothing that could run code (`checkpoint_files`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import pickle
 import random
 import shutil
 import signal
@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from data_shards.atomic import atomic_path, write_atomic
 
 from . import reshard
+from .checkpoint_files import NoGoodCheckpointError, newest_good, safe_load, seal, set_aside, tags, weights_only_engine
 from .configtools import ConfigError
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
 POSITION = "position.json"
 
 
@@ -81,15 +82,18 @@ class Position:
 class Resumed:
     client_state: dict
     position: Position
+    tag: str = ""  # the tag resumed from
+    set_aside: int = 0  # newer tags that failed verification (moved to <tag>.damaged)
 
 
-def save(engine, root: Path, tag: str, client_state: dict, rank: int, position: Position) -> None:
+def save(engine, root: Path, tag: str, client_state: dict, rank: int, world_size: int, position: Position) -> None:
     """Collective: every rank calls it (`position` matters on rank 0 only)."""
     (root / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), root / tag / f"rng_rank{rank:05d}.pt")
     if rank == 0:
         write_atomic(root / tag / POSITION, json.dumps(asdict(position)).encode())
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
+    seal(root / tag, rank, world_size)
 
 
 def read_position(tag_dir: Path, zero_stage: int) -> Position:
@@ -99,38 +103,52 @@ def read_position(tag_dir: Path, zero_stage: int) -> Position:
     return Position(world_size=len(list(tag_dir.glob("rng_rank*.pt"))), zero_stage=zero_stage)
 
 
+def newest_verified(root: Path, rank: int, world_size: int) -> tuple[str | None, int]:
+    """Collective: the newest tag under `root` that verifies (None: the run has no checkpoint) and how many newer
+    ones were damaged (set aside with a WARNING each).  Raises NoGoodCheckpointError when none verifies."""
+    verdict = newest_good(root, rank, world_size)
+    if rank == 0:
+        for tag, faults in verdict.skipped.items():
+            log.warning("checkpoint %s is damaged, skipped and kept as %s%s: %s", root / tag, tag, ".damaged",
+                        "; ".join(faults))
+        set_aside(root, verdict)
+    dist.barrier()
+    if verdict.tag is None and verdict.skipped:
+        raise NoGoodCheckpointError(
+            f"no checkpoint under {root} verifies ({len(verdict.skipped)} damaged, set aside as <tag>.damaged with "
+            f"their faults in faults.txt); the run cannot resume. Restore the folder from a copy, or start a new run "
+            f"(another run.name). First fault: {verdict.skipped[next(iter(verdict.skipped))][0]}")
+    return verdict.tag, len(verdict.skipped)
+
+
 def load(engine, root: Path, rank: int, world_size: int) -> Resumed | None:
-    """Restore the newest checkpoint under `root` (collective), on its own or another number of ranks."""
-    if not (root / LATEST).is_file():
+    """Restore the newest good checkpoint under `root` (collective), on its own or another number of ranks."""
+    tag, damaged = newest_verified(root, rank, world_size)
+    if tag is None:
         return None
-    tag = (root / LATEST).read_text().strip()
     position = read_position(root / tag, engine.zero_optimization_stage())
     if position.zero_stage != engine.zero_optimization_stage():
         raise ConfigError(f"{root / tag} was written at ZeRO stage {position.zero_stage}; resume it with "
                            f"train.zero_stage={position.zero_stage}")
+    weights_only_engine(engine)
     if position.world_size != world_size:  # RNG states belong to the old ranks: the trainer re-seeds
-        return Resumed(reshard.load(engine, root, tag), position)
+        return Resumed(reshard.load(engine, root, tag), position, tag, damaged)
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
-        raise RuntimeError(f"could not load checkpoint {root / tag}; remove {root / LATEST} to start over")
+        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the folder")
     rng_file = root / tag / f"rng_rank{rank:05d}.pt"
     if rng_file.is_file():
-        try:
-            set_rng_state(torch.load(rng_file, weights_only=True))
-        except pickle.UnpicklingError as exc:
-            raise RuntimeError(f"{rng_file} is not a plain RNG state (it holds other objects, which are never "
-                               f"unpickled); remove {root / LATEST} to start over ({str(exc).splitlines()[0]})") from None
+        set_rng_state(safe_load(rng_file))
     else:
         log.warning("%s has no RNG state for rank %d", root / tag, rank)
-    return Resumed(client_state, position)
+    return Resumed(client_state, position, tag, damaged)
 
 
 def prune(root: Path, keep: int) -> None:
     """Delete all but the newest `keep` tags (rank 0, after the save)."""
-    tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("e"))
-    for old in tags[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in tags(root)[keep:]:
+        shutil.rmtree(root / old, ignore_errors=True)
 
 
 def export_model(module: torch.nn.Module, path: Path, classes: list[str], config: dict) -> Path:

@@ -157,7 +157,12 @@ def broadcast_object(obj, src: int = 0):
 
 
 def teardown() -> None:
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    comm = sys.modules.get("deepspeed.comm.comm")
+    if comm is not None and comm.cdb is not None and comm.cdb.is_initialized():
+        comm.destroy_process_group()  # also drops DeepSpeed's cached groups, which a later group would meet
+    else:
         dist.destroy_process_group()
 
 

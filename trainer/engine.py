@@ -170,7 +170,8 @@ class Trainer:
         another number of GPUs": the interrupted epoch continues over the samples it has not trained on, for the
         steps it has left, and later epochs follow the new plan.  Returns the log line's resume note."""
         p, old, new = self.progress, resumed.position, self.dist.world_size
-        where = f"resumed at epoch {p.epoch} step {p.global_step}"
+        where = f"resumed at epoch {p.epoch} step {p.global_step} from {resumed.tag}" + (
+            f" ({resumed.set_aside} newer damaged checkpoint(s) set aside)" if resumed.set_aside else "")
         p.epoch_steps = p.epoch_steps or self.train_loader.plan.steps  # checkpoints from before it was stored
         if old.world_size == new:  # the same plans: the same batches, skipped up to where the run stopped
             self._excluded, self._seen = old.excluded, [old.seen]
@@ -205,7 +206,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         name = distributed.broadcast_object(cfg.run.name or time.strftime("%Y%m%d-%H%M%S"))
         folder = Path(cfg.run.out) / cfg.stage / name
-        if cfg.run.resume == "never" and (folder / "checkpoints" / checkpoint.LATEST).is_file():
+        if cfg.run.resume == "never" and checkpoint.tags(folder / "checkpoints"):
             raise RuntimeError(f"{folder} already holds a run and run.resume=never; choose another run.name or "
                                "set run.resume=auto to continue it")
         if d.is_main:
@@ -352,7 +353,7 @@ class Trainer:
         position = checkpoint.Position(d.world_size, self.cfg.train.zero_stage, self._excluded,
                                        [key for part in everyone for key in part])
         checkpoint.save(self.engine, self.ckpt_dir, checkpoint.tag_name(p.epoch, p.global_step), client, d.rank,
-                        position)
+                        d.world_size, position)
         dist.barrier()
         if self.dist.is_main:
             checkpoint.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)

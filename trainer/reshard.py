@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_files import safe_load
+
 log = logging.getLogger(__name__)
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -46,8 +48,7 @@ def consolidate(tag_dir: Path) -> FullOptimizerState:
     full = FullOptimizerState()
     fragments: dict[str, dict[str, list[torch.Tensor]]] = {}
     for rank, path in enumerate(files):
-        # DeepSpeed's own files (it loads them the same way): they pickle its loss-scaler and enum objects
-        state = torch.load(path, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        state = safe_load(path, map_location="cpu")["optimizer_state_dict"]
         if state["partition_count"] and any(n != len(files) for n in state["partition_count"]):
             raise RuntimeError(f"{path}: written by {state['partition_count']} ranks but {len(files)} partition "
                                "files are here; the checkpoint is incomplete")
@@ -105,7 +106,7 @@ def load(engine, root: Path, tag: str) -> dict:
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=not partitioned,
                                                 load_lr_scheduler_states=True)
     if path is None:
-        raise RuntimeError(f"could not load checkpoint {root / tag}; remove {root / 'latest'} to start over")
+        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the folder")
     if full is not None:
         restore_partitions(engine, full)
     return client_state

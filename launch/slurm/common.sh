@@ -23,5 +23,8 @@ run_step() {
     local rc=0
     wait "$pid" || rc=$?                                              # the step's own exit status
     if [ "$rc" -eq 75 ]; then requeue; fi
+    if [ "$rc" -eq 2 ]; then   # a bad setting, or no checkpoint that verifies: a rerun would fail the same way
+        echo "the run cannot continue as it is (exit 2: see the error above); job $SLURM_JOB_ID is not requeued"
+    fi
     return "$rc"
 }
