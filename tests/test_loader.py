@@ -15,7 +15,7 @@ from data_shards.pack import PackOptions, pack
 from data_shards.sources import cochlscene
 from trainer.data import make_loader
 from trainer.data.augment import FreqMixStyle, WaveAugment, fft_convolve, load_impulse_responses
-from trainer.data.epoch import plan_epoch
+from trainer.data.epoch import plan_epoch, training_order
 
 from .helpers import read_split
 
@@ -38,6 +38,18 @@ def test_epoch_plan_arithmetic():
         plan_epoch(20, 4, rank=0, world_size=2, training=True, accumulation=3)
     with pytest.raises(ValueError, match="rank 2 is not in"):
         plan_epoch(10, 2, rank=2, world_size=2, training=True)
+
+
+def test_training_order_reads_whole_shards_in_a_seeded_order():
+    shards = np.repeat(np.arange(6), [5, 7, 7, 7, 7, 3])  # 36 samples in 6 shards
+    plan = plan_epoch(36, 4, rank=1, world_size=2, training=True)  # rank 1: samples 18..35, 4 batches of 4
+    order = training_order(shards, plan, seed=3, epoch=0)
+    assert len(order) == len(set(order)) == 16 and set(order) <= set(range(18, 36))
+    runs = [shards[order[i]] for i in range(16) if i == 0 or shards[order[i]] != shards[order[i - 1]]]
+    assert len(runs) == len(set(runs))  # each shard read in one go
+    assert np.array_equal(order, training_order(shards, plan, seed=3, epoch=0))
+    assert not np.array_equal(order, training_order(shards, plan, seed=3, epoch=1))
+    assert not np.array_equal(order, training_order(shards, plan, seed=4, epoch=0))
 
 
 @pytest.mark.parametrize("affinity,machine,local,env,expected", [
@@ -158,6 +170,37 @@ def test_training_crops_and_reshuffles_each_epoch(packed, backend):
     first, second = list(loader), list(loader)
     assert all(b["audio"].shape == (4, 44100) and "valid" not in b for b in first)
     assert [b["key"] for b in first] != [b["key"] for b in second]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_resumed_epoch_reads_on_from_its_batch_and_nothing_before(packed, tmp_path, backend):
+    """`batches(epoch, skip=k)` are the uninterrupted epoch's batches from k on, bit for bit (samples and crops),
+    and the batches before k are never read: their audio is destroyed in the shards and the resumed epoch still
+    decodes (rank 1 of 2, so that the rank's range is not the split's start)."""
+    folder = tmp_path / "cochlscene"
+    shutil.copytree(packed["cochlscene"], folder)
+    kwargs = dict(batch_size=3, training=True, backend=backend, clip_seconds=1.0, num_workers=1, seed=9, rank=1,
+                  world_size=2)
+    whole = list(make_loader(folder, "train", **kwargs).batches(2))
+    skip = len(whole) // 2 + 1
+    skipped = {key for batch in whole[:skip] for key in batch["key"]}
+    destroyed = 0
+    for shard in load_manifest(folder)["splits"]["train"]["shards"]:
+        data = bytearray((folder / shard["path"]).read_bytes())
+        for line in (folder / shard["index"]).read_text().splitlines()[1:]:
+            parts = line.split()
+            members = {parts[j]: (int(parts[j + 1]), int(parts[j + 2])) for j in range(0, len(parts), 4)}
+            if parts[3].split(".")[0] in skipped:
+                offset, size = members["flac"]
+                data[offset:offset + size] = b"\x55" * size
+                destroyed += 1
+        (folder / shard["path"]).write_bytes(bytes(data))
+    assert destroyed == len(skipped) == skip * 3
+    resumed = list(make_loader(folder, "train", **kwargs).batches(2, skip=skip))
+    assert len(resumed) == len(whole) - skip > 0
+    for expected, got in zip(whole[skip:], resumed):
+        assert list(got["key"]) == list(expected["key"])
+        assert torch.equal(got["audio"], expected["audio"]) and torch.equal(got["label"], expected["label"])
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,6 @@ class DataConfig:
     backend: str = "dali"  # dali | torch (plain DataLoader reader of the same shards)
     clip_seconds: float | None = 10.0  # training crop / evaluation pad length; null: whole clips (eval only)
     num_workers: int | None = None  # DALI CPU threads or DataLoader workers per rank; null: the rank's CPUs but one
-    shuffle_buffer: int = 1024  # DALI reader shuffle buffer (samples)
 
     @property
     def folder(self) -> Path:

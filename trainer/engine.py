@@ -173,7 +173,7 @@ class Trainer:
         where = f"resumed at epoch {p.epoch} step {p.global_step} from {resumed.tag}" + (
             f" ({resumed.set_aside} newer damaged checkpoint(s) set aside)" if resumed.set_aside else "")
         p.epoch_steps = p.epoch_steps or self.train_loader.plan.steps  # checkpoints from before it was stored
-        if old.world_size == new:  # the same plans: the same batches, skipped up to where the run stopped
+        if old.world_size == new:  # the same plans: the epoch's batches read on from where the run stopped
             self._excluded, self._seen = old.excluded, [old.seen]
             return where
         left = p.epoch_steps - p.step_in_epoch
@@ -232,7 +232,7 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         return dict(backend=cfg.data.backend, device=str(d.device), rank=d.rank, world_size=d.world_size,
                     sample_rate=cfg.frontend.sample_rate, clip_seconds=cfg.data.clip_seconds,
-                    num_workers=self.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, manifest=self.manifest)
+                    num_workers=self.num_workers, manifest=self.manifest)
 
     def _train_loader(self, *, seed: int, **subset):
         cfg = self.cfg

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class EpochPlan:
@@ -58,3 +60,17 @@ def plan_epoch(num_samples: int, batch_size: int, *, rank: int = 0, world_size: 
         batches = -(-largest // batch_size)
     return EpochPlan(num_samples, rank, world_size, batch_size, training, start, end - start, batches,
                      accumulation if training else 1)
+
+
+def training_order(shards: np.ndarray, plan: EpochPlan, seed: int, epoch: int) -> np.ndarray:
+    """The global positions rank `plan.rank` trains on in `epoch`, in reading order: the shards of its range in a
+    random order, each shard's samples in a random order, cut to the plan's batches (`shards`: the shard of
+    every sample of the split, in global order).  A pure function of (seed, epoch, rank): an epoch resumed at
+    any batch reads on from the same list, so nothing before that batch is read again.  Reading whole shards
+    one after the other keeps the reads local; the pack-time shuffle makes every shard a random draw of the split.
+    """
+    rng = np.random.default_rng([seed, epoch, plan.rank])
+    mine = np.arange(plan.start, plan.start + plan.size)
+    owners = shards[mine]
+    order = [rng.permutation(mine[owners == shard]) for shard in rng.permutation(np.unique(owners))]
+    return np.concatenate(order)[:plan.batches * plan.batch_size] if order else mine

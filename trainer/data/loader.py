@@ -29,7 +29,7 @@ class Loader:
     """Iterating gives one epoch of `len(loader)` batches; each new iteration is the next epoch.
 
     `batches(epoch, skip)` gives a chosen epoch from its `skip`-th batch on (resuming mid-epoch): the
-    skipped batches are read but not augmented, so the caller's RNG state is untouched by them.
+    skipped batches are neither read nor augmented, so the caller's RNG state is untouched by them.
     """
 
     def __init__(self, reader, plan: EpochPlan, augment: WaveAugment, device: torch.device, classes: list[str],
@@ -80,7 +80,7 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
                 device: str = "cpu", rank: int = 0, world_size: int = 1, sample_rate: int | None = None,
                 clip_seconds: float | None | str = "auto", roll: int = 0, dir_prob: float = 0.0,
                 dir_folder: str | Path | None = None, gain_db: float = 0.0, seed: int = 0, num_workers: int | None = None,
-                shuffle_buffer: int = 1024, accumulation: int = 1, manifest: dict | None = None,
+                accumulation: int = 1, manifest: dict | None = None,
                 exclude: Collection[str] = (), max_steps: int | None = None) -> Loader:
     """A loader of `split` of the packed dataset in `shards` (the folder holding manifest.json).
 
@@ -117,7 +117,7 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
         from .dali import DaliReader  # DALI is Linux-only; the torch backend must work without it
 
         reader = DaliReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, device=torch_device.type,
-                            seed=seed, num_threads=max(1, num_workers), shuffle_buffer=shuffle_buffer, subset=subset)
+                            seed=seed, num_threads=max(1, num_workers), subset=subset)
     else:
         from .torch_loader import TorchReader
 

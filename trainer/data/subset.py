@@ -8,7 +8,7 @@ files of its own over the same tar shards: no audio is copied.
 """
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,14 +51,20 @@ class Subset:
 
     def write_indexes(self, out: Path) -> tuple[list[Path], list[Path]]:
         """Index files of the subset in `out`, one per shard that keeps samples; (tar paths, index paths)."""
-        tars = shard_paths(self.folder, self.manifest, self.split)[0]
-        lines: dict[int, list[str]] = {}
-        for sample in self.samples:
-            lines.setdefault(sample.shard, []).append(sample.line)
-        out_tars, out_indexes = [], []
-        for shard, kept in lines.items():
-            index = Path(out) / f"{shard:06d}.idx"
-            index.write_text(f"{INDEX_VERSION} {len(kept)}\n" + "\n".join(kept) + "\n")
-            out_tars.append(tars[shard])
-            out_indexes.append(index)
-        return out_tars, out_indexes
+        return write_indexes(self.samples, shard_paths(self.folder, self.manifest, self.split)[0], out)
+
+
+def write_indexes(samples: Sequence[IndexedSample], tars: Sequence[Path], out: Path) -> tuple[list[Path], list[Path]]:
+    """Index files in `out` through which DALI reads exactly `samples`, in this order: one per run of consecutive
+    samples from one shard (DALI reads a shard's index lines in the order listed); (tar paths, index paths)."""
+    out_tars, out_indexes = [], []
+    start = 0
+    for end in range(1, len(samples) + 1):
+        if end < len(samples) and samples[end].shard == samples[start].shard:
+            continue
+        index = Path(out) / f"{len(out_indexes):06d}-{samples[start].shard:06d}.idx"
+        index.write_text(f"{INDEX_VERSION} {end - start}\n" + "\n".join(s.line for s in samples[start:end]) + "\n")
+        out_tars.append(tars[samples[start].shard])
+        out_indexes.append(index)
+        start = end
+    return out_tars, out_indexes
