@@ -84,3 +84,16 @@ def test_the_suite_section_counts_outcomes_and_reports_what_finished_before_the_
     text = gpu_suite.markdown(result, "a test machine")
     assert "**2 passed, 2 failed, 1 error, 1 skipped**" in text and "stopped at the time limit" in text
     assert "- `" in text and "test_outcomes.py::test_fails`" in text
+
+
+def test_resume_benchmark_tiny_times_both_positions(tmp_path):
+    """benchmarks/resume.py end to end on a tiny corpus: pre-empted at 10% and 90% of an epoch, each resumed."""
+    out = tmp_path / "resume.md"
+    done = run_command([sys.executable, str(REPO / "benchmarks" / "resume.py"), "--tiny", "--work", str(tmp_path),
+                        "--out", str(out)], timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    text = out.read_text()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| this checkout")]
+    positions = [int(row[2].split("/")[0]) for row in rows]
+    assert len(rows) == 2 and 0 < positions[0] < 26 < positions[1] < 52, text  # 52 steps per epoch
+    assert all(float(row[4]) > 0 for row in rows) and "Start-up at 90% of the epoch / at 10%: this checkout:" in text
