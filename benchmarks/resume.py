@@ -146,7 +146,8 @@ def main() -> None:
     ratios = [f"{label}: {medians[(label, hi)] / medians[(label, lo)]:.2f}x" for label, _, _ in versions]
     table = tabulate(rows, headers=["code", "commit", "resumed at step", "clips before it",
                                     "start -> first resumed step, s (median)", "min - max"], tablefmt="github")
-    text = (f"## Mid-epoch resume: start-up against position, {device_name(torch.device('cpu'), threads=False)}, {datetime.date.today()}\n\n"
+    where = device_name(torch.device("cpu"), threads=False)
+    text = (f"## Mid-epoch resume: start-up against position, {where}, {datetime.date.today()}\n\n"
             f"`python benchmarks/resume.py {' '.join(sys.argv[1:])}`: demo CochlScene, {clips} 1-s FLAC train "
             f"clips, one CPU rank, batch {args.batch}, {args.workers} loader threads, passt_micro, {steps_per_epoch} "
             f"steps per epoch; {args.repeats} resume(s) per cell, each from process start to its first step.\n\n"

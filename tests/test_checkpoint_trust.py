@@ -33,8 +33,8 @@ def _engine(zero: int, seed: int = 0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False,
-                                      config={"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero}})
+    config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False, config=config)
     return engine
 
 
@@ -167,3 +167,17 @@ def test_pruning_keeps_the_newest_tags_and_never_touches_damaged_ones(tmp_path):
     checkpoint.prune(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e0002-s000000006", "e0002-s000000006.damaged",
                                                           "e0003-s000000009"]
+
+
+def test_the_command_line_verifies_a_folder_and_seals_a_tag_written_before_sealing(tmp_path, group, capsys):
+    engine = _engine(0)
+    root = tmp_path / "checkpoints"
+    tag = _save(engine, root, 1, 0)
+    (root / tag / MANIFEST).unlink()  # as a checkpoint of an earlier version is
+    assert checkpoint_files.main(["verify", str(root)]) == 2
+    assert f"{tag}: DAMAGED" in capsys.readouterr().out
+    assert checkpoint_files.main(["seal", str(root / tag)]) == 0
+    assert checkpoint_files.main(["verify", str(root)]) == 0
+    assert f"{tag}: verifies" in capsys.readouterr().out
+    assert checkpoint.load(engine, root, 0, 1).tag == tag
+    assert checkpoint_files.main(["seal", str(root / tag)]) == 1  # never over an existing seal

@@ -136,7 +136,8 @@ def load(engine, root: Path, rank: int, world_size: int) -> Resumed | None:
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:
-        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the folder")
+        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the "
+                           "folder")
     rng_file = root / tag / f"rng_rank{rank:05d}.pt"
     if rng_file.is_file():
         set_rng_state(safe_load(rng_file))

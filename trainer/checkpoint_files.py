@@ -112,21 +112,31 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def seal(tag_dir: Path, rank: int, world_size: int) -> None:
-    """Collective, after every rank has written its files: sync and checksum them, then (rank 0) the manifest."""
-    mine = {}
-    for path in sorted(p for p in tag_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if path.name != MANIFEST and owner(path.name) == rank:
-            _fsync(path)
-            mine[path.name] = {"bytes": path.stat().st_size, CHECKSUM: digest(path)}
+def _gather(mine, world_size: int) -> list:
+    """Every rank's `mine` (collective); one process without a process group (the command line) has only its own."""
+    if world_size == 1 and not dist.is_initialized():
+        return [mine]
     everyone = [None] * world_size
     dist.all_gather_object(everyone, mine)
+    return everyone
+
+
+def seal(tag_dir: Path, rank: int, world_size: int, every_file: bool = False) -> None:
+    """Collective, after every rank has written its files: sync and checksum them, then (rank 0) the manifest.
+    `every_file`: this process takes all of them (vouching for a tag from the command line)."""
+    mine = {}
+    for path in sorted(p for p in tag_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        if path.name != MANIFEST and (every_file or owner(path.name) == rank):
+            _fsync(path)
+            mine[path.name] = {"bytes": path.stat().st_size, CHECKSUM: digest(path)}
+    everyone = _gather(mine, world_size)
     if rank == 0:
         files = {name: entry for part in everyone for name, entry in sorted(part.items())}
         with atomic_path(tag_dir / MANIFEST) as tmp:
             tmp.write_text(json.dumps({"version": 1, "world_size": world_size, "files": files}, indent=1) + "\n")
         _fsync(tag_dir)  # the rename itself reaches the disk
-    dist.barrier()
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def manifest_files(tag_dir: Path) -> dict[str, dict]:
@@ -188,9 +198,7 @@ def newest_good(root: Path, rank: int, world_size: int) -> Verdict:
             mine = file_faults(root / tag, share)
         except ValueError as exc:
             mine = [str(exc)]
-        everyone = [None] * world_size
-        dist.all_gather_object(everyone, mine)
-        faults = [fault for part in everyone for fault in part]
+        faults = [fault for part in _gather(mine, world_size) for fault in part]
         if not faults:
             return Verdict(tag, skipped)
         skipped[tag] = faults
@@ -205,3 +213,33 @@ def set_aside(root: Path, verdict: Verdict) -> None:
             target, n = root / f"{tag}{DAMAGED}{n}", n + 1
         (root / tag).replace(target)
         (target / "faults.txt").write_text("\n".join(faults) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.checkpoint_files", description=(
+        "verify: check a run's checkpoints as resume would (exit 0 when one verifies). seal: vouch for a tag you "
+        "trust that has no manifest (written before checkpoints were sealed): its files as they are now."))
+    parser.add_argument("action", choices=["verify", "seal"])
+    parser.add_argument("folder", type=Path, help="verify: a run's checkpoints/ folder; seal: one tag folder in it")
+    args = parser.parse_args(argv)
+    if args.action == "seal":
+        if (args.folder / MANIFEST).is_file():
+            print(f"{args.folder} is sealed already")
+            return 1
+        seal(args.folder, 0, 1, every_file=True)
+        print(f"sealed {args.folder}: {len(manifest_files(args.folder))} files")
+        return 0
+    verdict = newest_good(args.folder, 0, 1)
+    for tag, faults in verdict.skipped.items():
+        print(f"{tag}: DAMAGED\n  " + "\n  ".join(faults))
+    if verdict.tag is None:
+        print(f"no checkpoint under {args.folder} verifies" if verdict.skipped else f"no checkpoints in {args.folder}")
+        return 2
+    print(f"{verdict.tag}: verifies (resume would start here)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

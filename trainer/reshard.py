@@ -106,7 +106,8 @@ def load(engine, root: Path, tag: str) -> dict:
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=not partitioned,
                                                 load_lr_scheduler_states=True)
     if path is None:
-        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the folder")
+        raise RuntimeError(f"DeepSpeed found no checkpoint in {root / tag}, which verified; report this with the "
+                           "folder")
     if full is not None:
         restore_partitions(engine, full)
     return client_state
