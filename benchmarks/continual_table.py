@@ -73,14 +73,14 @@ def default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // jobs)
 
 
-def measure(job: Job, pickle: str | None, threads: int, jobs: int) -> dict:
+def measure(job: Job, pickle: str | None, threads: int, jobs: int, codes: str = "vggish") -> dict:
     """One run through launch/continual.py in its own process; its summary plus the wall time."""
     # the code measured is the code at the start: edits made while a run goes on must not be credited to it
     commit = source_commit(REPO)
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, str(REPO / "launch" / "continual.py"), f"method={job.run}", f"n_iter={job.n_iter}",
                    f"train.seed={job.seed}", f"train.threads={threads}", f"out={out}", "name=bench",
-                   *([f"data.pickle={pickle}"] if pickle else [])]
+                   *([f"data.pickle={pickle}"] if pickle else [f"data.synthetic_codes={codes}"])]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # the BLAS / OpenMP pools too, not torch's alone
         started = time.perf_counter()
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -92,7 +92,7 @@ def measure(job: Job, pickle: str | None, threads: int, jobs: int) -> dict:
             "load_after": round(os.getloadavg()[0], 2),
             "command": f"python launch/continual.py method={job.run} n_iter={job.n_iter} train.seed={job.seed}",
             "machine": device_name(torch.device("cpu")) if summary["device"] == "cpu" else summary["device"],
-            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or "synthetic stand-in (vggish-scale codes)",
+            "date": str(datetime.date.today()), "torch": torch.__version__, "data": pickle or f"synthetic stand-in ({codes}-scale codes)",
             "commit": commit}
 
 
@@ -103,12 +103,13 @@ def save(record: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def run_jobs(jobs: list[Job], records: Path, *, parallel: int, threads: int, pickle: str | None) -> float:
+def run_jobs(jobs: list[Job], records: Path, *, parallel: int, threads: int, pickle: str | None,
+             codes: str = "vggish") -> float:
     """Measure `jobs`, `parallel` at a time; each record is saved as its run ends.  Returns the wall time in all."""
     started = time.perf_counter()
     failures = []
     with ThreadPoolExecutor(parallel) as pool:
-        running = {pool.submit(measure, job, pickle, threads, parallel): job for job in jobs}
+        running = {pool.submit(measure, job, pickle, threads, parallel, codes): job for job in jobs}
         for future in as_completed(running):
             job = running[future]
             try:
@@ -237,6 +238,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="threads per run (default: this machine's cores / --jobs)")
     p.add_argument("--n-iter-scale", type=float, default=1.0)
     p.add_argument("--pickle", help="the published audioset_data_balanced.pickle (default: synthetic stand-in)")
+    p.add_argument("--codes", choices=["vggish", "small"], default="vggish",
+                   help="the stand-in's code scale (data.synthetic_codes; small: that of continual_small.md)")
     p.add_argument("--records", type=Path, default=REPO / "benchmarks" / "results" / "continual",
                    help="folder of <run>/n_iter<n>/seed<seed>.json records (the table's source)")
     p.add_argument("--redo", action="store_true", help="measure runs that have a record again")
@@ -261,7 +264,8 @@ def main() -> None:
     if pending:
         print(f"{len(pending)} run(s) to measure ({len(jobs) - len(pending)} recorded already), {args.jobs} at once, "
               f"{threads} thread(s) each", flush=True)
-        wall = run_jobs(pending, args.records, parallel=args.jobs, threads=threads, pickle=args.pickle)
+        wall = run_jobs(pending, args.records, parallel=args.jobs, threads=threads, pickle=args.pickle,
+                        codes=args.codes)
         print(f"measured {len(pending)} run(s) in {wall / 60:.1f} min", flush=True)
     records = load_records(args.records)
     if not records:
