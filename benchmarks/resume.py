@@ -89,13 +89,15 @@ def measure(repo: Path, shards: Path, runs: Path, fraction: float, steps_per_epo
     proc.send_signal(signal.SIGUSR1)
     if proc.wait(600) != 75:
         raise SystemExit(f"the pre-empted run exited {proc.returncode}, not 75: {log}\n{log.read_text()[-3000:]}")
-    stopped = last_step(runs / "cochl" / name / "steps.csv")
+    steps_csv = runs / "cochl" / name / "steps.csv"
+    stopped, at_stop = last_step(steps_csv), steps_csv.read_text()
     if stopped >= steps_per_epoch:
         raise SystemExit(f"the signal at step {target} stopped the run at the epoch's end ({stopped}): use more clips")
     times = []
     for _ in range(repeats):
+        steps_csv.write_text(at_stop)  # as the pre-emption left it: the killed resume had logged steps after it
         proc = start(repo, args, log)
-        times.append(wait_for(proc, runs / "cochl" / name / "steps.csv", stopped + 1, log))
+        times.append(wait_for(proc, steps_csv, stopped + 1, log))
         proc.kill()
         proc.wait()
     return {"position": stopped, "seconds": times}
