@@ -124,8 +124,9 @@ class DaliReader:
         """The training pipeline's inputs for `epoch` from batch `skip` on: its index files and crop source."""
         p = self.plan
         order = training_order(self._shards, p, self.seed, epoch)[skip * p.batch_size:]
+        for old in Path(self._index_dir.name).iterdir():  # an epoch's files (~100 bytes a sample) go with it
+            shutil.rmtree(old)
         folder = Path(self._index_dir.name) / f"epoch{epoch}"
-        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         shards = write_indexes([self._samples[i] for i in order], self._tars, folder)
         crops = lambda info: crop_fractions(self.seed, epoch, p.rank, skip + info.iteration, p.batch_size)  # noqa: E731
