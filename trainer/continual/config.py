@@ -20,7 +20,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "continual"
 class DataSettings:
     pickle: str | None = None  # audioset_data_balanced.pickle; null: the synthetic stand-in
     synthetic_seed: int = 0  # seed of the stand-in
-    synthetic_codes: str = "vggish"  # vggish: the released codes' scale (~128 +- 55); small: the pre-2026-12 scale
+    synthetic_codes: str = "vggish"  # vggish: the released codes' scale (~126 +- 60); small: the pre-2026-12 scale
     num_tasks: int = 10
     classes_per_task: int = 10
     split_seed: int = 42  # class permutation and validation split

@@ -79,7 +79,7 @@ def synthetic(seed: int = 0, num_classes: int = 100, train_per_class: int = 800,
     `codes` sets the scale.  "vggish" (default): as the released embeddings are made, each of the 128 codes is
     whitened (here: standardised over the data set, as PCA whitening leaves each component at unit variance),
     clipped to +-2 and mapped onto 0..255 with the postprocessor's truncating cast, so a code sits around 128 with
-    a spread of about 55 and ~2% of the values at each end; the LSTM sees them raw, as the published code feeds
+    a spread of about 60 and ~2% of the values at each end; the LSTM sees them raw, as the published code feeds
     them.  "small": the sum itself rounded (mean ~4, std ~3), the scale of this project's tables before 2026-12
     (`benchmarks/results/continual_small.md`), kept to reproduce them.
     """
