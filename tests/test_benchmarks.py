@@ -97,3 +97,16 @@ def test_resume_benchmark_tiny_times_both_positions(tmp_path):
     positions = [int(row[2].split("/")[0]) for row in rows]
     assert len(rows) == 2 and 0 < positions[0] < 26 < positions[1] < 52, text  # 52 steps per epoch
     assert all(float(row[4]) > 0 for row in rows) and "Start-up at 90% of the epoch / at 10%: this checkout:" in text
+
+
+def test_continual_saturation_compares_both_scales_and_both_inits(tmp_path):
+    out = tmp_path / "saturation.md"
+    done = run_command([sys.executable, str(REPO / "benchmarks" / "continual_saturation.py"), "--clips", "100",
+                        "--out", str(out)], timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+            if line.startswith("| small") or line.startswith("| vggish")]
+    assert [row[:2] for row in rows] == [["small", "finetune"], ["small", "hnet"], ["vggish", "finetune"],
+                                         ["vggish", "hnet"]]
+    share = {(row[0], row[1]): float(row[5].rstrip("%")) for row in rows}
+    assert share["vggish", "finetune"] > 80 > 20 > share["small", "finetune"]  # the scale is what saturates
