@@ -36,15 +36,17 @@ def gate_inputs(method, hnet: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=2000)
+    ap.add_argument("--tiny", action="store_true", help="a stand-in of 70 clips per class (the plumbing, in seconds)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    size = dict(train_per_class=60, test_per_class=10) if args.tiny else {}
     from trainer.continual.config import load_continual_config
     from trainer.continual.data import make_tasks, synthetic
     from trainer.continual.methods import METHODS
 
     rows = []
     for codes in ("small", "vggish"):
-        x = make_tasks(*synthetic(0, codes=codes))[0].train_x[:args.clips].float()
+        x = make_tasks(*synthetic(0, codes=codes, **size))[0].train_x[:args.clips].float()
         for run in ("finetune", "hnet"):
             cfg = load_continual_config([f"method={run}", "train.seed=0"])
             torch.manual_seed(cfg.train.seed)

@@ -101,7 +101,7 @@ def test_resume_benchmark_tiny_times_both_positions(tmp_path):
 
 def test_continual_saturation_compares_both_scales_and_both_inits(tmp_path):
     out = tmp_path / "saturation.md"
-    done = run_command([sys.executable, str(REPO / "benchmarks" / "continual_saturation.py"), "--clips", "100",
+    done = run_command([sys.executable, str(REPO / "benchmarks" / "continual_saturation.py"), "--tiny",
                         "--out", str(out)], timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
