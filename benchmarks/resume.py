@@ -83,13 +83,12 @@ def measure(repo: Path, shards: Path, runs: Path, fraction: float, steps_per_epo
     """Pre-empt a run at `fraction` of its epoch, then time `repeats` resumes of it to their first step."""
     name = f"at{int(round(fraction * 100))}"
     args = overrides(shards, runs, name, batch, workers)
-    target = max(1, int(fraction * steps_per_epoch))
+    target, steps_csv = max(1, int(fraction * steps_per_epoch)), runs / "cochl" / name / "steps.csv"
     proc = start(repo, args, log)
-    wait_for(proc, runs / "cochl" / name / "steps.csv", target, log)
+    wait_for(proc, steps_csv, target, log)
     proc.send_signal(signal.SIGUSR1)
     if proc.wait(600) != 75:
         raise SystemExit(f"the pre-empted run exited {proc.returncode}, not 75: {log}\n{log.read_text()[-3000:]}")
-    steps_csv = runs / "cochl" / name / "steps.csv"
     stopped, at_stop = last_step(steps_csv), steps_csv.read_text()
     if stopped >= steps_per_epoch:
         raise SystemExit(f"the signal at step {target} stopped the run at the epoch's end ({stopped}): use more clips")

@@ -80,3 +80,15 @@ def run_command(cmd: list[str], timeout: float = 600) -> subprocess.CompletedPro
 
 def logs(log_dir: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
+
+
+def cut_short(path: Path, drop: int = 64) -> None:
+    """A file whose write stopped early: its last `drop` bytes missing."""
+    path.write_bytes(path.read_bytes()[:-drop])
+
+
+def flip_bit(path: Path) -> None:
+    """A file the same size as written with one bit changed (in its middle)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))

@@ -16,6 +16,8 @@ import torch
 from trainer import checkpoint, checkpoint_files, reshard
 from trainer.checkpoint_files import MANIFEST, NoGoodCheckpointError, UnsafeCheckpointError, safe_load, seal
 
+from .helpers import cut_short, flip_bit
+
 
 class _Payload:
     """Unpickling it creates `marker`: proof that code from the file ran."""
@@ -90,19 +92,9 @@ def test_a_planted_pickle_is_refused_and_never_runs(tmp_path, group, zero, kind)
     assert not marker.exists()
 
 
-def _damage_truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-100])
-
-
-def _damage_flip(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage,fault", [
-    (_damage_truncate, "has \\d+ bytes, the manifest \\d+ \\(cut short"),
-    (_damage_flip, "checksum mismatch"),
+    (cut_short, "has \\d+ bytes, the manifest \\d+ \\(cut short"),
+    (flip_bit, "checksum mismatch"),
     (lambda path: (path.parent / MANIFEST).unlink(), "manifest.json is missing: the checkpoint was cut short"),
 ])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumes(tmp_path, group, caplog, damage, fault):
@@ -131,7 +123,7 @@ def test_no_checkpoint_that_verifies_is_an_error_naming_the_fault(tmp_path, grou
     engine = _engine(0)
     root = tmp_path / "checkpoints"
     tag = _save(engine, root, 1, 0)
-    _damage_flip(root / tag / "mp_rank_00_model_states.pt")
+    flip_bit(root / tag / "mp_rank_00_model_states.pt")
     with pytest.raises(NoGoodCheckpointError, match="no checkpoint under .* verifies .*run cannot resume.*"
                                                     "mp_rank_00_model_states.pt: checksum mismatch"):
         checkpoint.load(engine, root, 0, 1)

@@ -22,7 +22,7 @@ from trainer.config import load_config
 from trainer.engine import EXIT_PREEMPTED, build_model
 from trainer.sit import exp_warmup_linear_down
 
-from .helpers import TRAIN, free_port, logs, run_command, start_ranks, train_overrides, wait_ranks
+from .helpers import TRAIN, cut_short, flip_bit, free_port, logs, run_command, start_ranks, train_overrides, wait_ranks
 
 EPOCHS = 3
 
@@ -148,23 +148,13 @@ def test_killed_and_preempted_run_resumes_exactly(reference, resumed):
     assert sb["test"]["log_loss"] == pytest.approx(sa["test"]["log_loss"], rel=1e-6)
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-64])
-
-
-def _flip(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0x10
-    path.write_bytes(bytes(data))
-
-
 def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one_exactly(trainable, work, reference):
     """The finished reference run copied twice: in one copy the newest checkpoint's rank-1 ZeRO partition is cut
     short, in the other a bit of its model states is flipped.  Each resumes from the previous checkpoint (the end
     of epoch 1) with a WARNING naming the file and the fault, trains epoch 2 again and ends as the reference did."""
     newest, previous = sorted(p.name for p in (reference / "checkpoints").glob("e*"))[::-1]
-    cases = {"truncated": ("zero_pp_rank_1_mp_rank_00_optim_states.pt", _truncate, "bytes, the manifest"),
-             "altered": ("mp_rank_00_model_states.pt", _flip, "checksum mismatch")}
+    cases = {"truncated": ("zero_pp_rank_1_mp_rank_00_optim_states.pt", cut_short, "bytes, the manifest"),
+             "altered": ("mp_rank_00_model_states.pt", flip_bit, "checksum mismatch")}
     procs = {}
     for name, (damaged, damage, _) in cases.items():
         shutil.copytree(reference, work["runs"] / "cochl" / name)

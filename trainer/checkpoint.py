@@ -108,10 +108,9 @@ def newest_verified(root: Path, rank: int, world_size: int) -> tuple[str | None,
     ones were damaged (set aside with a WARNING each).  Raises NoGoodCheckpointError when none verifies."""
     verdict = newest_good(root, rank, world_size)
     if rank == 0:
-        for tag, faults in verdict.skipped.items():
-            log.warning("checkpoint %s is damaged, skipped and kept as %s%s: %s", root / tag, tag, ".damaged",
-                        "; ".join(faults))
-        set_aside(root, verdict)
+        for tag, kept in set_aside(root, verdict).items():
+            log.warning("checkpoint %s is damaged, skipped and kept as %s: %s", root / tag, kept,
+                        "; ".join(verdict.skipped[tag]))
     dist.barrier()
     if verdict.tag is None and verdict.skipped:
         raise NoGoodCheckpointError(

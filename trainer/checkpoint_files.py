@@ -1,9 +1,9 @@
 """What resume trusts in a checkpoint tag: loads that cannot run code, and a manifest that vouches for every file.
 
 Loading.  Every checkpoint file is read with `torch.load(weights_only=True)`: tensors, containers and numbers,
-plus the few DeepSpeed types its ZeRO optimizer files pickle (`ALLOWED`).  Anything else (a crafted `__reduce__`,
-another program's objects) is refused before any of it runs.  DeepSpeed's own loads go through
-`WeightsOnlyCheckpointEngine`, which replaces its checkpoint engine (that one unpickles anything).
+plus the few DeepSpeed types its ZeRO optimizer files pickle (`allowed()`).  Anything else (a crafted
+`__reduce__`, another program's objects) is refused before any of it runs.  DeepSpeed's own loads go through
+the same loader (`weights_only_engine` replaces its checkpoint engine, which unpickles anything).
 
 Sealing.  A tag is complete when its `manifest.json` exists: written by rank 0, atomically and synced, only after
 every rank has synced the files it wrote and sent their sizes and xxh3-128 checksums (~5 GiB/s on one core,
@@ -41,7 +41,7 @@ _CHUNK = 8 * 2**20
 
 
 class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint file holding objects other than tensors, containers, numbers and `ALLOWED` types."""
+    """A checkpoint file holding objects other than tensors, containers, numbers and the `allowed()` types."""
 
 
 class NoGoodCheckpointError(RuntimeError):
@@ -205,14 +205,18 @@ def newest_good(root: Path, rank: int, world_size: int) -> Verdict:
     return Verdict(None, skipped)
 
 
-def set_aside(root: Path, verdict: Verdict) -> None:
-    """Rank 0: move the damaged tags out of the tag namespace (kept, with their faults, for inspection)."""
+def set_aside(root: Path, verdict: Verdict) -> dict[str, str]:
+    """Rank 0: move the damaged tags out of the tag namespace (kept, with their faults, for inspection); returns
+    each one's new name."""
+    moved = {}
     for tag, faults in verdict.skipped.items():
         target, n = root / f"{tag}{DAMAGED}", 1
         while target.exists():  # the same step damaged before (a rerun that crashed at the same place)
             target, n = root / f"{tag}{DAMAGED}{n}", n + 1
         (root / tag).replace(target)
         (target / "faults.txt").write_text("\n".join(faults) + "\n")
+        moved[tag] = target.name
+    return moved
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,9 +103,6 @@ def load_continual_config(overrides: list[str], configs: Path = CONFIGS) -> Cont
             raise ConfigError(f"{key} must be at least 1, got {value}")
     if cfg.train.threads < 0:
         raise ConfigError(f"train.threads={cfg.train.threads} must be 0 (all cores) or a number of threads")
-    if cfg.data.synthetic_codes not in ("vggish", "small"):
-        raise ConfigError(f"data.synthetic_codes={cfg.data.synthetic_codes!r} must be vggish (the released codes' "
-                          "scale) or small (the scale of the tables before 2026-12)")
     if not 0 <= cfg.params.mask_fraction < 1:
         raise ConfigError(f"params.mask_fraction={cfg.params.mask_fraction} must be in [0, 1)")
     return cfg

@@ -73,4 +73,4 @@ def training_order(shards: np.ndarray, plan: EpochPlan, seed: int, epoch: int) -
     mine = np.arange(plan.start, plan.start + plan.size)
     owners = shards[mine]
     order = [rng.permutation(mine[owners == shard]) for shard in rng.permutation(np.unique(owners))]
-    return np.concatenate(order)[:plan.batches * plan.batch_size] if order else mine
+    return np.concatenate(order)[:plan.batches * plan.batch_size]
