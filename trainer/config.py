@@ -20,6 +20,7 @@ from .data.epoch import plan_epoch
 from .data.loader import BACKENDS
 from .model.frontend import FrontendConfig
 from .model.passt import HEAD_INITS, LONG_CLIPS, MODELS, PaSSTConfig
+from .retain import FISHER_FILE, RETAIN_METHODS, SI_FILE
 from .sit import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -127,6 +128,24 @@ class RunConfig:
 
 
 @dataclass
+class RetainConfig:
+    """What this stage keeps of the previous one (its model.pt is init_from): its head, its test, its protection."""
+
+    method: str = "none"  # none | ewc | si | lwf | replay: protects the previous stage's task (on top of optim.method)
+    keep_head: bool = False  # carry the previous stage's head, frozen, and test its task before and after this stage
+    previous_data: str | None = None  # the previous stage's packed dataset; null: the one its model.pt names
+    record: bool = False  # write fisher.pt and si.pt beside model.pt: what ewc / si in the next stage need
+    fisher_samples: int | None = 1024  # train clips (unaugmented) the Fisher averages over; null: the whole split
+    ewc_lambda: float = 1000.0  # EWC: (lambda / 2) sum F (theta - theta*)^2
+    si_c: float = 1.0  # SI: c sum Omega (theta - theta*)^2
+    si_xi: float = 1e-3  # SI: damping of Omega = omega / ((theta_end - theta_start)^2 + xi)
+    lwf_lambda: float = 1.0  # LwF: weight of the distillation loss on the previous head
+    lwf_temperature: float = 2.0  # LwF: softmax temperature of the distillation
+    replay_size: int = 1300  # replay: clips of the previous train split in the fixed coreset
+    replay_share: float = 0.25  # replay: the share of every training micro-batch that is coreset clips
+
+
+@dataclass
 class Config:
     """One training stage."""
 
@@ -143,6 +162,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    retain: RetainConfig = field(default_factory=RetainConfig)
 
 
 def available_stages(configs: Path = CONFIGS) -> list[str]:
@@ -244,9 +264,10 @@ def validate(cfg: Config, world_size: int) -> dict:
         raise ConfigError(exc.named({"split": key, "clip_seconds": "data.clip_seconds",
                                      "dir_prob": "augment.dir_prob"}[exc.setting])) from None
     _check_lists(cfg, manifest)
+    _check_retain(cfg)
     samples = manifest["splits"][cfg.data.train_split]["num_samples"]
     try:
-        plan_epoch(samples, cfg.train.micro_batch, world_size=world_size, training=True, accumulation=accumulation)
+        plan_epoch(samples, stage_clips(cfg), world_size=world_size, training=True, accumulation=accumulation)
     except ValueError:
         raise ConfigError(f"data.train_split={cfg.data.train_split!r} has {samples} samples: less than one step of "
                           f"train.global_batch={cfg.train.global_batch} on {world_size} rank(s); lower "
@@ -267,6 +288,48 @@ def _check_lists(cfg: Config, manifest: dict) -> None:
                           f"data.val_split='val' ({cfg.data.folder} was packed with --keep-lists-whole): selecting "
                           "on it would select on training data; set data.val_split=null (keep the last epoch) or "
                           "use a dataset packed without --keep-lists-whole")
+
+
+def replay_clips(cfg: Config) -> int:
+    """Coreset clips in every training micro-batch (retain.method=replay), else 0."""
+    if cfg.retain.method != "replay":
+        return 0
+    return int(round(cfg.train.micro_batch * cfg.retain.replay_share))
+
+
+def stage_clips(cfg: Config) -> int:
+    """This stage's own clips in every training micro-batch (the loader's batch size)."""
+    return cfg.train.micro_batch - replay_clips(cfg)
+
+
+def _check_retain(cfg: Config) -> None:
+    """retain.*: the method, its numbers, and the previous stage it needs (`retain.previous.open_previous`)."""
+    r = cfg.retain
+    _choice("retain.method", r.method, RETAIN_METHODS)
+    if r.method in ("lwf", "replay") and not r.keep_head:
+        raise ConfigError(f"retain.method={r.method} trains through the previous stage's head: set "
+                          "retain.keep_head=true")
+    for key, value in (("retain.ewc_lambda", r.ewc_lambda), ("retain.si_c", r.si_c), ("retain.lwf_lambda",
+                       r.lwf_lambda)):
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    for key, value in (("retain.si_xi", r.si_xi), ("retain.lwf_temperature", r.lwf_temperature)):
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    if r.replay_size < 1 or (r.fisher_samples is not None and r.fisher_samples < 1):
+        raise ConfigError("retain.replay_size and retain.fisher_samples must be at least 1 (fisher_samples: or null)")
+    if r.method == "replay":
+        k = cfg.train.micro_batch * r.replay_share
+        if not 0 < r.replay_share < 1 or abs(k - round(k)) > 1e-9 or not 1 <= round(k) < cfg.train.micro_batch:
+            raise ConfigError(f"retain.replay_share={r.replay_share} of train.micro_batch={cfg.train.micro_batch} "
+                              f"is {k:g} clips: it must be a whole number between 1 and micro_batch - 1; change "
+                              "retain.replay_share or train.micro_batch")
+        if cfg.data.clip_seconds is None:
+            raise ConfigError("retain.method=replay crops the coreset clips to data.clip_seconds: set it")
+    from .retain.previous import needs_previous, open_previous  # imports the model code: only when it is needed
+
+    if needs_previous(cfg):
+        open_previous(cfg)
 
 
 def selection(cfg: Config) -> dict:

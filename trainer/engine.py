@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import checkpoint, distributed, report
 from .config import (SELECT_METRICS, Config, deepspeed_config, gradient_accumulation, resolve_precision, selection,
-                     validate)
+                     stage_clips, validate)
 from .configtools import to_dict, to_yaml
 from .data import make_loader
 from .data.augment import FreqMixStyle
@@ -34,6 +34,7 @@ from .metrics import classification_metrics
 from .model.frontend import MelFrontend
 from .model.passt import count_parameters, create_model, load_pretrained
 from .monitor import StepMonitor
+from .retain.stage import RetainStage
 from .runlog import RunLog
 from .sit import exp_warmup_linear_down, param_groups
 
@@ -57,6 +58,7 @@ class Progress:
     best_epoch: int = -1
     best_score: float | None = None
     best_val: dict | None = None
+    previous_before: dict | None = None  # the previous stage's test metrics before this stage (retain.keep_head)
 
 
 def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
@@ -123,6 +125,10 @@ class Trainer:
         model = build_model(cfg, len(self.classes)).to(d.device)
         self.frontend = MelFrontend(cfg.frontend).to(d.device)
         self.mixstyle = FreqMixStyle(cfg.augment.mixstyle_p, cfg.augment.mixstyle_alpha)
+        # Previous stage (retain.*): its frozen head and test split, the method protecting it; anchored to the
+        # weights the stage starts from, so before DeepSpeed and any resume.
+        self.retain = RetainStage(cfg, model, rank=d.rank, world_size=d.world_size, device=d.device,
+                                  loader_settings=self._loader_settings())
         if cfg.model.compile:  # the model's forward as one graph (a graph break is an error), compiled at its first
             # call; not DeepSpeed's engine.compile, which would trace the engine's forward hooks into the graph too
             model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
@@ -148,6 +154,9 @@ class Trainer:
         state = resumed.client_state if resumed else None
         self.progress = Progress(**state["progress"]) if state else Progress(epoch_steps=self.train_loader.plan.steps)
         resume_note = self._continue(resumed) if resumed else "new run"
+        self.retain.start_recording(self.engine.module, (state or {}).get("retain", {}).get("path_integral"))
+        if self.retain.test_loader is not None and self.progress.previous_before is None:
+            self.progress.previous_before = self._evaluate_previous()
         self.runlog = RunLog(self.run_dir, d.is_main, group_names=self.group_names,
                              resume_step=self.progress.global_step + 1 if state else 0,
                              resume_epoch=self.progress.epoch,
@@ -155,14 +164,15 @@ class Trainer:
         plan = self.train_loader.plan
         log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, precision: %s | global batch %d = %d micro x %d "
                  "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %s, test %d | "
-                 "%s loader on %s, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s", self.run_dir, d.world_size,
+                 "%s loader on %s, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s | %s", self.run_dir, d.world_size,
                  d.device.type, d.backend, cfg.train.zero_stage, precision_in_effect(self.engine),
                  cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size, cfg.data.dataset,
                  plan.num_samples, plan.steps, cfg.train.epochs,
                  self.val_loader.plan.num_samples if self.val_loader else "- (the last epoch is kept)",
                  self.test_loader.plan.num_samples, cfg.data.backend, d.device.type, self.num_workers, cfg.model.name,
                  count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
-                 " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), resume_note)
+                 " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), self.retain.describe(),
+                 resume_note)
         return self
 
     def _continue(self, resumed: checkpoint.Resumed) -> str:
@@ -236,7 +246,7 @@ class Trainer:
 
     def _train_loader(self, *, seed: int, **subset):
         cfg = self.cfg
-        return make_loader(cfg.data.folder, cfg.data.train_split, batch_size=cfg.train.micro_batch, training=True,
+        return make_loader(cfg.data.folder, cfg.data.train_split, batch_size=stage_clips(cfg), training=True,
                            accumulation=self.accumulation, roll=cfg.augment.roll, dir_prob=cfg.augment.dir_prob,
                            dir_folder=cfg.augment.dir_folder, gain_db=cfg.augment.gain_db, seed=seed,
                            **self._loader_settings(), **subset)
@@ -276,15 +286,19 @@ class Trainer:
         micro_losses = torch.zeros((), device=d.device)
         stop = False
         remaining = p.step_in_epoch < steps  # a run stopped after an epoch's last step resumes at its end
+        micro = p.step_in_epoch * self.accumulation  # the epoch's micro-batch index (replay draws by it)
         for batch in self._epoch_batches() if remaining else ():
             started = time.perf_counter()
             self._seen.append(batch["key"])  # decoded only if a checkpoint needs them
-            logits, _ = self.engine(self.mixstyle(self.frontend(batch["audio"])))
-            loss = F.cross_entropy(logits.float(), batch["label"])
+            mixed = self.retain.method.batch(batch, p.epoch, micro)
+            mel = self.mixstyle(self.frontend(mixed.audio))
+            logits, features = self.engine(mel)
+            loss = self.retain.method.loss(mel, logits, features, mixed)
             boundary = self.engine.is_gradient_accumulation_boundary()
             lrs = dict(zip(self.group_names, self.engine.get_lr()))
             self.engine.backward(loss)
             self.engine.step()
+            micro += 1
             micro_losses = micro_losses + loss.detach()
             if self._compiling:
                 log.info("model.compile: the first micro-step took %.1f s (compilation included)",
@@ -292,6 +306,7 @@ class Trainer:
                 self._compiling = False
             if not boundary:
                 continue
+            self.retain.after_step()
             p.global_step += 1
             p.step_in_epoch += 1
             monitor.record(p.epoch, p.global_step, micro_losses / self.accumulation, lrs)
@@ -328,8 +343,10 @@ class Trainer:
         sign = SELECT_METRICS[cfg.train.select_metric]
         if val is None or p.best_score is None or (score is not None and sign * (score - p.best_score) > 0):
             p.best_epoch, p.best_score, p.best_val = p.epoch, score, val
+            self.retain.write_importance(self.run_dir, self.dist.is_main)
             if self.dist.is_main:
-                checkpoint.export_model(self.engine.module, self.run_dir / MODEL_FILE, self.classes, to_dict(cfg))
+                checkpoint.export_model(self.engine.module, self.run_dir / MODEL_FILE, self.classes, to_dict(cfg),
+                                        self.retain.exported_head())
         device = self.dist.device
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
         self.runlog.epoch(p.epoch, p.global_step, train_loss, self.lr_factor(p.epoch), val, peak)
@@ -346,7 +363,7 @@ class Trainer:
 
     def _save(self) -> None:
         p, d = self.progress, self.dist
-        client = {"progress": asdict(p), "config": to_dict(self.cfg)}
+        client = {"progress": asdict(p), "config": to_dict(self.cfg), "retain": self.retain.client_state()}
         seen = [key for keys in self._seen for key in keys]
         everyone = [None] * d.world_size
         dist.all_gather_object(everyone, seen)  # a mid-epoch stop: what every rank has trained on
@@ -368,15 +385,45 @@ class Trainer:
                     bf16=self.cfg.train.precision == "bf16")
         return classification_metrics(out.logits, out.labels, out.devices, self.classes, self.device_names)
 
+    def _evaluate_previous(self) -> dict:
+        """The previous stage's test split through the backbone as it is now and the previous stage's frozen head."""
+        for module in (self.engine, self.frontend):
+            module.eval()
+        head, previous = self.retain.head, self.retain.previous
+        out = infer([lambda wave: head(self.engine.module(self.frontend(wave))[1].float())], self.retain.test_loader,
+                    device=self.dist.device, bf16=self.cfg.train.precision == "bf16")
+        return classification_metrics(out.logits, out.labels, out.devices, previous.classes,
+                                      previous.manifest["devices"])
+
     def _finish(self) -> None:
         cfg, d, p = self.cfg, self.dist, self.progress
         dist.barrier()
         best = torch.load(self.run_dir / MODEL_FILE, map_location=d.device, weights_only=True)
         self.engine.module.load_state_dict(best["state_dict"])
         test = self.evaluate(self.test_loader)
+        previous = self._previous_summary()
+        if cfg.retain.record:  # at the kept weights, which the engine holds now
+            count = self.retain.write_fisher(self.engine.module, self.frontend, self.run_dir, d.is_main, self.classes)
+            log.info("retain.record: fisher.pt over %d train clip(s) and si.pt written beside model.pt", count)
         if d.is_main:
-            report.write(self.run_dir, cfg, p.best_epoch, p.global_step, p.best_val, test, self.classes, d.world_size)
+            report.write(self.run_dir, cfg, p.best_epoch, p.global_step, p.best_val, test, self.classes, d.world_size,
+                         previous)
+
+    def _previous_summary(self) -> dict | None:
+        """The previous stage's test before and after this stage (summary.json's `previous`), when its head is kept."""
+        if self.retain.test_loader is None:
+            return None
+        before, after = self.progress.previous_before, self._evaluate_previous()
+        previous = self.retain.previous
+        if self.dist.is_main:
+            log.info("previous stage %s: test accuracy %.4f before this stage, %.4f after (forgetting %.4f)",
+                     previous.config.stage, before["accuracy"], after["accuracy"], before["accuracy"] - after["accuracy"])
+        return {"stage": previous.config.stage, "dataset": str(previous.data), "model": str(previous.file),
+                "classes": previous.classes, "method": self.cfg.retain.method, "before": before, "after": after,
+                "forgetting": before["accuracy"] - after["accuracy"]}
 
     def close(self) -> None:
         if hasattr(self, "runlog"):
             self.runlog.close()
+        if hasattr(self, "retain"):
+            self.retain.close()

@@ -47,13 +47,13 @@ class TrainedModel:
         return self.config.frontend.sample_rate
 
 
-def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """A run folder (`runs/<stage>/<run>/`) or its `model.pt`, rebuilt as a WaveformClassifier in eval mode."""
+def read_model_file(path: str | Path, *, mmap: bool = False) -> tuple[Path, dict, Config]:
+    """A run folder's or a model.pt's file, its saved dict (state_dict, classes, config, ...) and its typed config."""
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such model file; give a run folder (runs/<stage>/<run>/) or its {MODEL_FILE}")
-    saved = torch.load(file, map_location="cpu", weights_only=True)
+    saved = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(saved, dict) or not {"state_dict", "classes", "config"} <= set(saved):
         raise ValueError(f"{file} is not a trained model of this project (a dict with state_dict, classes and "
                          "config, as runs/<stage>/<run>/model.pt)")
@@ -61,6 +61,12 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved["config"]))
     except OmegaConfBaseException as exc:
         raise ValueError(f"{file}: its config does not fit this version's schema ({str(exc).splitlines()[0]})") from None
+    return file, saved, config
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """A run folder (`runs/<stage>/<run>/`) or its `model.pt`, rebuilt as a WaveformClassifier in eval mode."""
+    file, saved, config = read_model_file(path)
     model = create_model(config.model.name, len(saved["classes"]), **config.model.passt_settings())
     model.load_state_dict(saved["state_dict"])
     classifier = WaveformClassifier(MelFrontend(config.frontend), model).to(device).eval()

@@ -2,7 +2,11 @@
 
 Standard FT trains on TAU straight from the stage config's `init_from` (the AudioSet PaSST); SIT and Seq-FT
 first fine-tune on CochlScene (one run per method and seed, with that method's learning rates) and every
-TAU split of that method and seed starts from that run's `model.pt`.  Runs are grouped as a cluster submits
+TAU split of that method and seed starts from that run's `model.pt`.  The continual-learning methods (EWC, SI,
+LwF, replay) are Seq-FT's learning rates plus a term that protects CochlScene: their TAU runs start from the
+Seq-FT CochlScene run of their seed, which then records what EWC and SI need (`retain.record`).  Every TAU run
+of the chain carries the CochlScene head frozen and tests CochlScene before and after (`retain.keep_head`), so
+the table reports what each method forgot.  Runs are grouped as a cluster submits
 them: a CochlScene group of one run, then the group of TAU runs that starts from it (one SLURM array), and
 one group of Standard FT runs per seed.  The spec is saved beside the results (`table.json`), so a later call
 (or a SLURM task) rebuilds the same graph from the table's name alone.
@@ -13,7 +17,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-METHODS = ("standard_ft", "seq_ft", "sit")
+METHODS = ("standard_ft", "seq_ft", "sit", "ewc", "si", "lwf", "replay")
+RETAIN = {"ewc": "seq_ft", "si": "seq_ft", "lwf": "seq_ft", "replay": "seq_ft"}  # method -> its learning rates
+RECORDED = ("ewc", "si")  # methods whose CochlScene run must leave fisher.pt / si.pt
 SPLITS = (5, 10, 25, 50, 100)
 SPEC_FILE = "table.json"
 SUMMARY = "summary.json"  # what a finished run leaves (trainer.report)
@@ -24,7 +30,7 @@ class TableSpec:
     """What the table compares and how every run of it is configured."""
 
     name: str  # the table's folder: <root>/<name>/
-    methods: list[str] = field(default_factory=lambda: list(METHODS))  # standard_ft | seq_ft | sit
+    methods: list[str] = field(default_factory=lambda: list(METHODS[:3]))  # of METHODS
     splits: list[int] = field(default_factory=lambda: list(SPLITS))  # TAU training splits (split<p>.csv), percent
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # train.seed of every run
     protocol: str = "project"  # project | reference (configs/protocol/reference/)
@@ -43,7 +49,8 @@ class TableSpec:
             raise ValueError(f"--seeds must be distinct, got {self.seeds}")
         for o in self.overrides:
             key = o.split("=", 1)[0]
-            if key in ("run.out", "run.name", "train.seed", "optim.method", "data.train_split", "protocol"):
+            if key in ("run.out", "run.name", "train.seed", "optim.method", "data.train_split", "protocol",
+                       "retain.method", "retain.keep_head", "retain.record"):
                 raise ValueError(f"override {o!r}: the table sets {key} for every run; use --name / --seeds / "
                                  "--methods / --splits / --protocol instead")
 
@@ -54,13 +61,17 @@ class Run:
 
     stage: str  # config stage: cochl | tau | standard_ft
     name: str  # run.name (unique within its stage)
-    method: str
+    method: str  # the table's method (a CochlScene run: the learning rates it trains with, seq_ft or sit)
     seed: int
     split: int | None  # TAU training split in percent; None for a CochlScene run
     after: str | None  # the CochlScene run (name) whose model.pt it starts from
 
     def folder(self, runs: Path) -> Path:
         return runs / self.stage / self.name
+
+    @property
+    def optim_method(self) -> str:
+        return RETAIN.get(self.method, self.method)
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,12 @@ class Table:
                     runs = tuple(Run("standard_ft", f"split{p}-seed{seed}", method, seed, p, None) for p in s.splits)
                     groups.append(Group(f"standard_ft-seed{seed}", runs))
                     continue
-                cochl = Run("cochl", f"{method}-seed{seed}", method, seed, None, None)
-                groups.append(Group(f"cochl-{method}-seed{seed}", (cochl,)))
+                base = RETAIN.get(method, method)
+                cochl = Run("cochl", f"{base}-seed{seed}", base, seed, None, None)
+                if not any(g.name == f"cochl-{base}-seed{seed}" for g in groups):  # shared by the methods on it
+                    groups.append(Group(f"cochl-{base}-seed{seed}", (cochl,)))
                 runs = tuple(Run("tau", f"{method}-split{p}-seed{seed}", method, seed, p, cochl.name) for p in s.splits)
-                groups.append(Group(f"tau-{method}-seed{seed}", runs, after=f"cochl-{method}-seed{seed}"))
+                groups.append(Group(f"tau-{method}-seed{seed}", runs, after=f"cochl-{base}-seed{seed}"))
         return groups
 
     def runs(self) -> list[Run]:
@@ -135,10 +148,14 @@ class Table:
         of the chain its CochlScene model as init_from."""
         s = self.spec
         args = ["--stage", run.stage, *(["--demo"] if s.demo else []), f"protocol={s.protocol}",
-                f"optim.method={run.method}", f"train.seed={run.seed}", f"run.out={self.runs_dir}",
+                f"optim.method={run.optim_method}", f"train.seed={run.seed}", f"run.out={self.runs_dir}",
                 f"run.name={run.name}", "run.resume=auto"]
         if run.split is not None:
             args.append(f"data.train_split=split{run.split}")
+        if run.stage == "cochl" and any(RETAIN.get(m) == run.method for m in s.methods if m in RECORDED):
+            args.append("retain.record=true")
+        if run.after is not None:
+            args += [f"retain.method={run.method if run.method in RETAIN else 'none'}", "retain.keep_head=true"]
         args += s.overrides  # a user's init_from= (the AudioSet checkpoint) is for the runs that start from it ...
         if run.after is not None:  # ... never for a TAU run of the chain: it starts from its CochlScene model
             args.append(f"init_from={self.runs_dir / 'cochl' / run.after / 'model.pt'}")

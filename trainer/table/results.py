@@ -1,7 +1,8 @@
 """The table from what the runs left: mean +/- std over seeds per method and TAU split, beside the published numbers.
 
 Only finished runs count (their `summary.json`); a cell says how many seeds it holds, so a partial table
-reads as one.  The std is the population std over the seeds (numpy's default).  When any run chose its
+reads as one.  TAU runs that carried the CochlScene head (`summary.json`'s `previous`) add CochlScene's test
+accuracy before and after TAU and the forgetting (before - after), per seed, then as mean +/- std.  The std is the population std over the seeds (numpy's default).  When any run chose its
 epoch on the test split (the reference protocol) the table says so: its test numbers are optimistic.
 """
 from __future__ import annotations
@@ -27,7 +28,10 @@ PUBLISHED = {
     "sit": {5: (53.312, 0.265), 10: (56.232, 0.282), 25: (59.472, 0.178), 50: (61.062, 0.145),
             100: (62.460, 0.207)},
 }
-LABELS = {"standard_ft": "Standard FT", "seq_ft": "Seq-FT", "sit": "SIT"}
+LABELS = {"standard_ft": "Standard FT", "seq_ft": "Seq-FT", "sit": "SIT", "ewc": "EWC", "si": "SI", "lwf": "LwF",
+          "replay": "Replay"}
+KEPT = {"before": 100.0, "after": 100.0, "forgetting": 100.0}  # CochlScene accuracy before / after TAU, points
+TRADEOFF = "tradeoff.png"
 METRICS = {"accuracy": 100.0, "macro_accuracy": 100.0, "log_loss": 1.0}  # summary key -> display scale
 OPTIMISTIC = "optimistic (selected on test), as the reference"
 CALLS = "calls.txt"
@@ -42,12 +46,15 @@ def collect(table: Table) -> pd.DataFrame:
             continue
         summary = json.loads(path.read_text())
         selected = summary.get("selection") or {}
+        previous = summary.get("previous") or {}
+        kept = {"before": previous["before"]["accuracy"], "after": previous["after"]["accuracy"],
+                "forgetting": previous["forgetting"]} if previous else dict.fromkeys(KEPT, math.nan)
         rows.append({"stage": run.stage, "method": run.method, "split": run.split, "seed": run.seed,
-                     **{m: summary["test"][m] for m in METRICS}, "best_epoch": summary["best_epoch"],
+                     **{m: summary["test"][m] for m in METRICS}, **kept, "best_epoch": summary["best_epoch"],
                      "selected_on": selected.get("split", summary.get("val_split")),  # older runs: no `selection`
                      "on_test": bool(selected.get("on_test"))})
-    return pd.DataFrame(rows, columns=["stage", "method", "split", "seed", *METRICS, "best_epoch", "selected_on",
-                                       "on_test"])
+    return pd.DataFrame(rows, columns=["stage", "method", "split", "seed", *METRICS, *KEPT, "best_epoch",
+                                       "selected_on", "on_test"])
 
 
 def aggregate(runs: pd.DataFrame, methods: list[str], splits: list[int]) -> pd.DataFrame:
@@ -59,17 +66,21 @@ def aggregate(runs: pd.DataFrame, methods: list[str], splits: list[int]) -> pd.D
             cell = tau[(tau["method"] == method) & (tau["split"] == split)]
             row = {"method": method, "split": split, "n": len(cell), "seeds": " ".join(map(str, sorted(cell["seed"]))),
                    "on_test": bool(cell["on_test"].any())}
-            for metric, scale in METRICS.items():
-                row[f"{metric}_mean"], row[f"{metric}_std"] = _mean_std(cell[metric], scale)
+            for metric, scale in {**METRICS, **KEPT}.items():
+                row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"] = _mean_std_n(cell[metric], scale)
             row["published_mean"], row["published_std"] = PUBLISHED.get(method, {}).get(split, (math.nan, math.nan))
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _mean_std(values: pd.Series, scale: float = 1.0) -> tuple[float, float]:
-    """Mean and population std over the seeds that have a value (NaN, NaN for none)."""
+def _mean_std_n(values: pd.Series, scale: float = 1.0) -> tuple[float, float, int]:
+    """Mean and population std over the seeds that have a value (NaN, NaN for none), and how many have one."""
     v = values.dropna().to_numpy(dtype=float) * scale
-    return (v.mean(), v.std()) if len(v) else (math.nan, math.nan)
+    return (v.mean(), v.std(), len(v)) if len(v) else (math.nan, math.nan, 0)
+
+
+def _mean_std(values: pd.Series, scale: float = 1.0) -> tuple[float, float]:
+    return _mean_std_n(values, scale)[:2]
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
@@ -114,6 +125,8 @@ def markdown(table: Table, stats: pd.DataFrame, runs: pd.DataFrame) -> str:
                                                                  else [LABELS[m]])]
         lines += [f"## {title}{' (' + OPTIMISTIC + ')' if optimistic else ''}", "",
                   tabulate(body, headers=heads, tablefmt="github", disable_numparse=True), ""]
+    if stats["forgetting_n"].sum():
+        lines += _forgetting(s, stats)
     cochl = runs[runs["stage"] == "cochl"]
     if len(cochl):
         body = [[LABELS[m], f"{_cell(*_mean_std(g['accuracy'], 100.0), 2)} (n={len(g)})",
@@ -122,6 +135,24 @@ def markdown(table: Table, stats: pd.DataFrame, runs: pd.DataFrame) -> str:
                   tabulate(body, headers=["CochlScene model", "accuracy %", "log loss"], tablefmt="github",
                            disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def _forgetting(spec, stats: pd.DataFrame) -> list[str]:
+    """Per TAU split: each method's TAU accuracy next to CochlScene's before and after TAU, and the difference."""
+    lines = ["## Forgetting: CochlScene test accuracy % before and after TAU (its head carried, frozen)", "",
+             "forgetting = before - after, per seed, then mean ± std; TAU = TAU test accuracy %.", ""]
+    for split in spec.splits:
+        body = []
+        for method in spec.methods:
+            r = stats[(stats["method"] == method) & (stats["split"] == split)].iloc[0]
+            if not r["forgetting_n"]:
+                continue
+            body.append([LABELS[method], f"{_cell(r['accuracy_mean'], r['accuracy_std'], 2)}",
+                         *(_cell(r[f"{k}_mean"], r[f"{k}_std"], 2) for k in KEPT), str(r["forgetting_n"])])
+        lines += [f"### TAU split {split}%", "",
+                  tabulate(body, headers=["method", "TAU", "CochlScene before", "CochlScene after", "forgetting",
+                                          "n"], tablefmt="github", disable_numparse=True), ""]
+    return lines
 
 
 def _selection_note(runs: pd.DataFrame) -> str:
@@ -165,8 +196,41 @@ def plot(table: Table, stats: pd.DataFrame, path: Path, optimistic: bool) -> Non
     plt.close(fig)
 
 
+def plot_tradeoff(table: Table, stats: pd.DataFrame, path: Path) -> None:
+    """TAU test accuracy against the CochlScene test accuracy kept after TAU: one colour per method, one marker
+    per TAU split, mean +- std over the seeds both ways; the dotted line is CochlScene before TAU (mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "osD^v<>"
+    for i, method in enumerate(table.spec.methods):
+        for j, split in enumerate(table.spec.splits):
+            r = stats[(stats["method"] == method) & (stats["split"] == split)].iloc[0]
+            if not r["forgetting_n"]:
+                continue
+            ax.errorbar(r["after_mean"], r["accuracy_mean"], xerr=r["after_std"], yerr=r["accuracy_std"],
+                        marker=markers[j % len(markers)], color=f"C{i}", capsize=3, linestyle="none",
+                        label=f"{LABELS[method]}, TAU {split}%")
+    before = stats["before_mean"].dropna()
+    if len(before):
+        ax.axvline(before.mean(), color="grey", linestyle=":", label="CochlScene before TAU")
+    ax.set_xlabel("CochlScene test accuracy % after TAU (kept)")
+    ax.set_ylabel("TAU test accuracy %")
+    ax.set_title(f"SIT table '{table.spec.name}': what TAU gains against what CochlScene keeps", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def write(table: Table) -> tuple[str, pd.DataFrame]:
-    """table.md, table.csv and table.png in the table's folder, from the runs finished so far."""
+    """table.md, table.csv and table.png (tradeoff.png with forgetting) in the table's folder, from the runs
+    finished so far."""
     runs = collect(table)
     stats = aggregate(runs, table.spec.methods, table.spec.splits)
     text = markdown(table, stats, runs)
@@ -175,4 +239,6 @@ def write(table: Table) -> tuple[str, pd.DataFrame]:
     with atomic_path(table.folder / "table.csv") as tmp:
         stats.to_csv(tmp, index=False, float_format="%.4f")
     plot(table, stats, table.folder / "table.png", bool(runs["on_test"].any()))
+    if stats["forgetting_n"].sum():
+        plot_tradeoff(table, stats, table.folder / TRADEOFF)
     return text, stats
