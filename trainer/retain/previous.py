@@ -38,12 +38,7 @@ class Previous:
         return self.saved["state_dict"]
 
     def head(self, device: torch.device) -> nn.Sequential:
-        """Its classifier head (LayerNorm + Linear, `head.0` / `head.1`), frozen: nothing in this stage trains it."""
-        width, classes = self.state["head.1.weight"].shape[1], len(self.classes)
-        head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, classes))
-        head.load_state_dict({k.removeprefix("head."): v for k, v in self.state.items() if k.startswith("head.")
-                              and not k.startswith("head_dist")})
-        return head.to(device).eval().requires_grad_(False)
+        return frozen_head(self.state, device)
 
     def model(self, device: torch.device) -> PaSST:
         """The whole previous model, frozen and in evaluation mode (LwF's teacher)."""
@@ -57,6 +52,14 @@ class Previous:
 
         saved = safe_load(self.file.parent / IMPORTANCE[method])
         return saved["importance"]
+
+
+def frozen_head(state: dict[str, torch.Tensor], device: torch.device) -> nn.Sequential:
+    """A PaSST state dict's classifier head (LayerNorm + Linear: `head.0`, `head.1`), frozen: nothing trains it."""
+    width, classes = state["head.1.weight"].shape[1], state["head.1.weight"].shape[0]
+    head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, classes))
+    head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
+    return head.to(device).eval().requires_grad_(False)
 
 
 def needs_previous(cfg) -> bool:

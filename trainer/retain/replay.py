@@ -6,9 +6,9 @@ training micro-batch carries `k = retain.replay_share x train.micro_batch` cores
 stage's frozen head, so what it trains is the shared representation.  The loss is the micro-batch mean, every
 clip through its own head.
 
-Which clips a micro-batch draws is a pure function of (seed, epoch, global micro-batch, rank): the epoch's
-replay slots, numbered over the global micro-batches (micro x world + rank), read a stream of seeded
-permutations of the coreset.  So every coreset clip is drawn once before any is drawn twice, an epoch with at
+Which clips a micro-batch draws, and where they are cropped, is a pure function of (seed, epoch, global
+micro-batch, rank): the epoch's replay slots, numbered over the global micro-batches (micro x world + rank), read
+a stream of seeded permutations of the coreset, and each slot draws its own crop.  So every coreset clip is drawn once before any is drawn twice, an epoch with at
 least as many slots as clips draws them all, a resumed epoch draws what it would have, and one rank with
 accumulation A x W draws the same global batches as W ranks with accumulation A.
 """
@@ -70,6 +70,13 @@ def draws(size: int, per_batch: int, *, seed: int, epoch: int, micro: int, rank:
     return out
 
 
+def crops(room: int, per_batch: int, *, seed: int, epoch: int, micro: int, rank: int, world: int) -> np.ndarray:
+    """Where each replayed clip of the micro-batch is cropped (offsets in [0, room)), drawn per global slot."""
+    first = (micro * world + rank) * per_batch
+    return np.array([np.random.default_rng([seed, epoch, first + i, 0xC40]).integers(room)
+                     for i in range(per_batch)], dtype=np.int64)
+
+
 class Replay(Retention):
     name = "replay"
 
@@ -84,7 +91,7 @@ class Replay(Retention):
         picked = draws(len(self.coreset.keys), self.per_batch, seed=self.seed, epoch=epoch, micro=micro,
                        rank=self.rank, world=self.world)
         room = self.coreset.audio.shape[1] - self.crop + 1
-        starts = np.random.default_rng([self.seed, epoch, micro, self.rank, 0xC40]).integers(0, room, self.per_batch)
+        starts = crops(room, self.per_batch, seed=self.seed, epoch=epoch, micro=micro, rank=self.rank, world=self.world)
         clips = torch.stack([self.coreset.audio[i, s:s + self.crop] for i, s in zip(picked, starts)])
         audio = torch.cat([batch["audio"], clips.to(self.device, non_blocking=True)])
         return Mixed(audio, batch["label"], self.coreset.labels[picked].to(self.device, non_blocking=True))
