@@ -48,9 +48,15 @@ seed = int(kv["train.seed"])
 bonus = {"standard_ft": 0, "seq_ft": 1, "sit": 2}[kv["optim.method"]]
 acc = (40 + split / 10 + bonus + 2 * seed) / 100
 on_test = kv["protocol"] == "reference" and stage != "cochl"
+previous = None
+if kv.get("retain.keep_head") == "true":  # what the CochlScene test gave before and after TAU
+    forgets = {"none": 0.20 if kv["optim.method"] == "seq_ft" else 0.15, "ewc": 0.10, "replay": 0.05}
+    before = 0.6 + seed / 100
+    previous = {"before": {"accuracy": before}, "after": {"accuracy": before - forgets[kv["retain.method"]]},
+                "forgetting": forgets[kv["retain.method"]]}
 (folder / "model.pt").write_text("weights")
 (folder / "summary.json").write_text(json.dumps({
-    "test": {"accuracy": acc, "macro_accuracy": acc - 0.01, "log_loss": 2 - acc},
+    "test": {"accuracy": acc, "macro_accuracy": acc - 0.01, "log_loss": 2 - acc}, "previous": previous,
     "best_epoch": 1, "selection": {"split": "test" if on_test else "val", "on_test": on_test}}))
 '''
 
@@ -150,6 +156,39 @@ def test_table_is_the_mean_and_population_std_of_the_finished_seeds(fake, tmp_pa
     # the reference protocol selects on test: the table says so
     assert sit_table.main(args + ["--name", "r", "--splits", "5", "--seeds", "0", "protocol=reference"]) == 0
     assert "optimistic (selected on test), as the reference" in (tmp_path / "tables" / "r" / "table.md").read_text()
+
+
+def test_continual_methods_start_from_the_seq_ft_cochl_run_which_records_for_them():
+    table = Table(TableSpec("t", methods=["sit", "ewc", "lwf"], splits=[5], seeds=[0]), Path("/tables"))
+    assert [g.name for g in table.groups()] == ["cochl-sit-seed0", "tau-sit-seed0", "cochl-seq_ft-seed0",
+                                                 "tau-ewc-seed0", "tau-lwf-seed0"]
+    runs = {f"{r.stage}/{r.name}": table.arguments(r) for r in table.runs()}
+    assert "optim.method=seq_ft" in runs["cochl/seq_ft-seed0"] and "retain.record=true" in runs["cochl/seq_ft-seed0"]
+    assert "retain.record=true" not in runs["cochl/sit-seed0"]  # no method on SIT's rates needs it
+    ewc = runs["tau/ewc-split5-seed0"]
+    assert {"optim.method=seq_ft", "retain.method=ewc", "retain.keep_head=true"} <= set(ewc)
+    assert ewc[-1] == "init_from=/tables/t/runs/cochl/seq_ft-seed0/model.pt"
+    assert {"optim.method=sit", "retain.method=none", "retain.keep_head=true"} <= set(runs["tau/sit-split5-seed0"])
+    lwf_only = Table(TableSpec("u", methods=["seq_ft", "lwf"], splits=[5], seeds=[0]), Path("/tables"))
+    assert not any("retain.record=true" in lwf_only.arguments(r) for r in lwf_only.runs())  # LwF needs no files
+    with pytest.raises(ValueError, match="use --name / --seeds / --methods"):
+        Table(TableSpec("v", overrides=["retain.method=si"]), Path("/tables"))
+
+
+def test_forgetting_is_aggregated_per_method_and_split_and_plotted(fake, tmp_path):
+    args, calls = fake
+    assert sit_table.main(args + ["--name", "f", "--methods", "seq_ft", "ewc", "replay", "standard_ft", "--splits",
+                                  "5", "--seeds", "0", "2"]) == 0
+    assert sorted(c for c in calls() if c.startswith("cochl/")) == ["cochl/seq_ft-seed0", "cochl/seq_ft-seed2"]
+    folder = tmp_path / "tables" / "f"
+    stats = pd.read_csv(folder / "table.csv").set_index("method")
+    assert stats.loc["ewc", "forgetting_mean"] == pytest.approx(10.0) and stats.loc["ewc", "forgetting_n"] == 2
+    assert stats.loc["replay", "after_mean"] == pytest.approx(61 - 5) and stats.loc["seq_ft", "before_std"] == 1.0
+    assert stats.loc["standard_ft", "forgetting_n"] == 0  # no previous stage to forget
+    text = (folder / "table.md").read_text()
+    assert "## Forgetting: CochlScene test accuracy % before and after TAU" in text
+    assert "| EWC      | 43.50 ± 2.00 | 61.00 ± 1.00        | 51.00 ± 1.00       | 10.00 ± 0.00 | 2   |" in text
+    assert (folder / "tradeoff.png").stat().st_size > 10_000
 
 
 FAKE_SBATCH = """#!/bin/bash

@@ -38,9 +38,9 @@ _TEST_DEVICES = ["b", "c", "s1", "s2", "s3", "s4", "s5", "s6"]
 class DemoSize:
     """How much demo data to write (the real sets have ~76k and ~230k clips)."""
 
-    cochl_train: int = 8  # CochlScene clips per scene in Train/
-    cochl_val: int = 2  # ... in Val/
-    cochl_test: int = 2  # ... in Test/
+    cochl_train: int = 24  # CochlScene clips per scene in Train/ (8 left the demo's CochlScene runs undertrained)
+    cochl_val: int = 4  # ... in Val/
+    cochl_test: int = 6  # ... in Test/
     cochl_seconds: float = cochlscene.CLIP_SECONDS  # clip length (the real set: 10 s)
     tau_train_recordings: int = 4  # TAU recordings (locations) per scene in the train split
     tau_test_recordings: int = 2  # ... in the test split
