@@ -179,8 +179,8 @@ def test_every_method_is_the_same_on_one_and_two_ranks_at_every_zero_stage(tmp_p
     recorded importance) agree across 1 and 2 ranks and ZeRO 0 / 1 / 2, and each method moves them its own way."""
     (tmp_path / "logs").mkdir()
     probe = REPO / "tests" / "retain_probe.py"
-    codes = [wait_ranks(start_ranks([str(tmp_path / f"w{w}.pt")], tmp_path / "logs", world=w, script=probe))
-             for w in (1, 2)]
+    started = [start_ranks([str(tmp_path / f"w{w}.pt")], tmp_path / "logs", world=w, script=probe) for w in (1, 2)]
+    codes = [wait_ranks(procs) for procs in started]
     assert codes == [[0], [0, 0]], logs(tmp_path / "logs")
     one, two = torch.load(tmp_path / "w1.pt"), torch.load(tmp_path / "w2.pt")
     plain = one["none-z0"]["weights"]

@@ -168,12 +168,7 @@ def _selection_note(runs: pd.DataFrame) -> str:
 
 def plot(table: Table, stats: pd.DataFrame, path: Path, optimistic: bool) -> None:
     """Accuracy vs TAU split, one line per method with error bars (ours solid, published dashed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     for i, method in enumerate(table.spec.methods):
         rows = stats[stats["method"] == method].sort_values("split")
         colour = f"C{i}"
@@ -188,23 +183,13 @@ def plot(table: Table, stats: pd.DataFrame, path: Path, optimistic: bool) -> Non
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"SIT table '{table.spec.name}' ({table.spec.protocol} protocol"
                  f"{'; ' + OPTIMISTIC if optimistic else ''})", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, legend_size=7)
 
 
 def plot_tradeoff(table: Table, stats: pd.DataFrame, path: Path) -> None:
     """TAU test accuracy against the CochlScene test accuracy kept after TAU: one colour per method, one marker
     per TAU split, mean +- std over the seeds both ways; the dotted line is CochlScene before TAU (mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     markers = "osD^v<>"
     for i, method in enumerate(table.spec.methods):
         for j, split in enumerate(table.spec.splits):
@@ -220,8 +205,23 @@ def plot_tradeoff(table: Table, stats: pd.DataFrame, path: Path) -> None:
     ax.set_xlabel("CochlScene test accuracy % after TAU (kept)")
     ax.set_ylabel("TAU test accuracy %")
     ax.set_title(f"SIT table '{table.spec.name}': what TAU gains against what CochlScene keeps", fontsize=9)
+    _save(fig, ax, path, legend_size=6)
+
+
+def _axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _save(fig, ax, path: Path, legend_size: int) -> None:
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=legend_size, ncol=2)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
