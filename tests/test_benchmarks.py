@@ -26,15 +26,42 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     for what, clips in [("model step, eager", "1 s"), ("model step, eager", "10 s"), ("model step, compiled", "1 s"),
                         ("model step, compiled", "10 s"), ("whole trainer, flac", "1 s"),
                         ("whole trainer, flac", "10 s"), ("whole trainer, pcm16", "1 s"),
-                        ("whole trainer, flac, compiled", "1 s"), ("reference stack, whole step", "1 s"),
+                        ("whole trainer, flac, compiled", "1 s"), ("whole trainer, flac, compiled", "10 s"),
+                        ("evaluation / prediction, eager", "1 s"), ("evaluation / prediction, eager", "10 s"),
+                        ("reference stack, whole step", "1 s"),
                         ("reference stack, model step", "1 s"), ("loader dali-cpu + mel, flac", "1 s"),
                         ("loader dali-cpu + mel, pcm16", "10 s"), ("loader torch-cpu + mel, flac", "10 s")]:
         assert (what, clips) in rows, (what, clips, text)
-    assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 4  # trainer runs
-    assert "the first micro-step took" in text  # model.compile logs its compile time
+    assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 5  # trainer runs
+    assert "peak GiB" in next(line for line in text.splitlines() if line.startswith("| what"))
+    assert "loader headroom, 1-s FLAC" in text
+    # the profile section: both steps, every category, the wall time they add up to
+    profile = (tmp_path / "gpu_profile.md").read_text()
+    assert "eager step, 1-s clips x 8" in profile and "compiled step, 1-s clips x 8" in profile
+    for category in ("GEMM", "attention", "norm / GELU / elementwise", "STFT + mel", "optimizer", "copies / gathers",
+                     "idle (gaps, host)", "**step wall time**"):
+        assert f"| {category}" in profile, (category, profile)
+    assert "forward and backward compiled at set-up in" in text  # model.compile logs its compile time
     assert "whole trainer / reference stack, 1-s clips:" in text and ": skipped" not in text
     # and the suite section: the plumbing on one small test file (a GPU machine runs the whole suite)
     assert "## The test suite on " in text and "tests/test_sit_metrics.py`: **3 passed, 0 failed, 0 error, 0 skipped**" in text
+
+
+@pytest.mark.parametrize("name,category", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMM"), ("aten::addmm", "GEMM"),
+    ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", "attention"), ("aten::_softmax", "attention"),
+    ("triton_red_fused_add_native_layer_norm_12", "norm / GELU / elementwise"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "norm / GELU / elementwise"),
+    ("void regular_fft<256u, 16u, 4u>", "STFT + mel"), ("aten::_fft_r2c", "STFT + mel"),
+    ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+    ("Memcpy DtoD (Device -> Device)", "copies / gathers"), ("triton_poi_fused_index_select_3", "copies / gathers"),
+    ("ncclKernel_AllReduce_RING_LL_Sum_float", "other"),
+])
+def test_profile_categories_follow_the_kernel_names(name, category):
+    import gpu_profile
+
+    assert gpu_profile.category(name) == category
 
 
 def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):

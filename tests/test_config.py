@@ -36,15 +36,15 @@ def test_layers_and_overrides():
 def test_the_demo_takes_bf16_on_a_gpu_and_fp32_on_a_cpu(stage):
     from trainer.config import resolve_precision
 
-    for device, precision in (("cuda", "bf16"), ("cpu", "fp32")):
+    for device, precision, compiled in (("cuda", "bf16", "true"), ("cpu", "fp32", "false")):
         cfg = load_config(stage, demo=True)
-        assert cfg.train.precision == "auto"
+        assert (cfg.train.precision, cfg.model.compile) == ("auto", "auto")
         resolve_precision(cfg, device)
-        assert cfg.train.precision == precision
+        assert (cfg.train.precision, cfg.model.compile) == (precision, compiled)  # compiled on CUDA only
         assert ("torch_autocast" in deepspeed_config(cfg, 1)) == (precision == "bf16")
-    explicit = load_config(stage, ["train.precision=fp32"], demo=True)
+    explicit = load_config(stage, ["train.precision=fp32", "model.compile=false"], demo=True)
     resolve_precision(explicit, "cuda")
-    assert explicit.train.precision == "fp32"  # a stated precision is kept
+    assert (explicit.train.precision, explicit.model.compile) == ("fp32", "false")  # stated settings are kept
 
 
 @pytest.mark.parametrize("override,message", [
@@ -109,7 +109,9 @@ def test_deepspeed_json_is_generated_from_the_config(trainable, tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [("run.log_every=0", "run.log_every must be at least 1"),
-                                              ("data.num_workers=-1", "data.num_workers must be >= 0")])
+                                              ("data.num_workers=-1", "data.num_workers must be >= 0"),
+                                              ("model.compile=sometimes",
+                                               "model.compile='sometimes' is not one of auto, true, false")])
 def test_loop_settings_are_checked(trainable, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         validate(load_config("cochl", train_overrides(trainable, tmp_path, "x") + [override]), 1)

@@ -161,3 +161,28 @@ def test_compiled_model_equals_eager_in_evaluation():
     x = torch.randn(4, 1, 128, 138)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_compile_auto_is_eager_on_the_cpu_and_a_failed_compile_falls_back_to_eager_with_a_warning(
+        one_rank, trainable, tmp_path, monkeypatch, caplog):
+    import json
+
+    auto = _trainer(trainable, tmp_path, "auto")  # configs/cochl.yaml: model.compile auto
+    assert (auto.cfg.model.compile, auto.compiled) == ("false", False)
+    assert "compile: 'false'" in (auto.run_dir / "config.yaml").read_text()  # the choice, not 'auto'
+    auto.close()
+
+    def failing(fn, **options):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("BackendCompilerFailed: inductor raised\nmore detail")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing)
+    with caplog.at_level("WARNING", logger="trainer.engine"):
+        trainer = _trainer(trainable, tmp_path, "broken", model__compile="true")
+    assert not trainer.compiled and trainer.compile_error == "RuntimeError: BackendCompilerFailed: inductor raised"
+    assert "model.compile: compiling failed, so this run trains eager" in caplog.text
+    assert trainer.fit() == 0  # and it trains, eager, to the end
+    summary = json.loads((trainer.run_dir / "summary.json").read_text())
+    assert summary["compiled"] is False and summary["compile_error"].startswith("RuntimeError: BackendCompilerFailed")
+    trainer.close()

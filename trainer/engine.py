@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint, distributed, report
@@ -129,10 +128,7 @@ class Trainer:
         # weights the stage starts from, so before DeepSpeed and any resume.
         self.retain = RetainStage(cfg, model, rank=d.rank, world_size=d.world_size, device=d.device,
                                   loader_settings=self._loader_settings())
-        if cfg.model.compile:  # the model's forward as one graph (a graph break is an error), compiled at its first
-            # call; not DeepSpeed's engine.compile, which would trace the engine's forward hooks into the graph too
-            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
-        self._compiling = cfg.model.compile
+        self.compiled, self.compile_error = self._compile(model) if cfg.model.compile == "true" else (False, None)
         # Optimizer: slow-learner groups; one per-epoch LambdaLR factor keeps the groups' ratio.
         groups = param_groups(model, cfg.optim.method, lr=cfg.optim.lr, head_lr=cfg.optim.head_lr,
                               weight_decay=cfg.optim.weight_decay)
@@ -170,10 +166,42 @@ class Trainer:
                  plan.num_samples, plan.steps, cfg.train.epochs,
                  self.val_loader.plan.num_samples if self.val_loader else "- (the last epoch is kept)",
                  self.test_loader.plan.num_samples, cfg.data.backend, d.device.type, self.num_workers, cfg.model.name,
-                 count_parameters(model) / 1e6, ", compiled" if cfg.model.compile else "", cfg.optim.method,
+                 count_parameters(model) / 1e6, ", compiled" if self.compiled else "", cfg.optim.method,
                  " / ".join(f"{n} {g['lr']:g}" for n, g in zip(self.group_names, groups)), self.retain.describe(),
                  resume_note)
         return self
+
+    def _compile(self, model: torch.nn.Module) -> tuple[bool, str | None]:
+        """model.compile: PaSST's forward as one graph (a graph break is an error; not DeepSpeed's engine.compile,
+        which would trace the engine's hooks too), compiled now, forward and backward, on a micro-batch of the
+        training shape under the training autocast, before DeepSpeed hooks into the gradients.  If compiling
+        fails, the run goes on eager: a WARNING now, and summary.json's `compiled: false` with the reason.
+        Returns (compiled, the reason it is not)."""
+        cfg, device = self.cfg, self.dist.device
+        if cfg.data.clip_seconds is None:  # no fixed training shape: it compiles at the first step
+            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
+            return True, None
+        started, rng, eager = time.perf_counter(), checkpoint.rng_state(), model.forward
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
+        try:
+            audio = torch.zeros(cfg.train.micro_batch, round(cfg.data.clip_seconds * cfg.frontend.sample_rate),
+                                device=device)
+            mel = self.mixstyle(self.frontend.train()(audio))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+                logits, features = model(mel)
+            (logits.float().sum() + features.float().sum()).backward()
+        except Exception as exc:  # noqa: BLE001 (any compiler failure; a real bug fails again, eagerly, at step 1)
+            model.forward = eager
+            torch._dynamo.reset()
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            log.warning("model.compile: compiling failed, so this run trains eager (summary.json: compiled false): "
+                        "%s", reason)
+            return False, reason
+        finally:
+            model.zero_grad(set_to_none=True)
+            checkpoint.set_rng_state(rng)  # the trial draws nothing from the run's random streams
+        log.info("model.compile: forward and backward compiled at set-up in %.1f s", time.perf_counter() - started)
+        return True, None
 
     def _continue(self, resumed: checkpoint.Resumed) -> str:
         """Take up the checkpoint's data position; on another world size, the policy of the README's "Resuming on
@@ -288,7 +316,6 @@ class Trainer:
         remaining = p.step_in_epoch < steps  # a run stopped after an epoch's last step resumes at its end
         micro = p.step_in_epoch * self.accumulation  # the epoch's micro-batch index (replay draws by it)
         for batch in self._epoch_batches() if remaining else ():
-            started = time.perf_counter()
             self._seen.append(batch["key"])  # decoded only if a checkpoint needs them
             mixed = self.retain.method.batch(batch, p.epoch, micro)
             mel = self.mixstyle(self.frontend(mixed.audio))
@@ -300,10 +327,6 @@ class Trainer:
             self.engine.step()
             micro += 1
             micro_losses = micro_losses + loss.detach()
-            if self._compiling:
-                log.info("model.compile: the first micro-step took %.1f s (compilation included)",
-                         time.perf_counter() - started)
-                self._compiling = False
             if not boundary:
                 continue
             self.retain.after_step()
@@ -407,7 +430,7 @@ class Trainer:
             log.info("retain.record: fisher.pt over %d train clip(s) and si.pt written beside model.pt", count)
         if d.is_main:
             report.write(self.run_dir, cfg, p.best_epoch, p.global_step, p.best_val, test, self.classes, d.world_size,
-                         previous)
+                         previous, {"compiled": self.compiled, "compile_error": self.compile_error})
 
     def _previous_summary(self) -> dict | None:
         """The previous stage's test before and after this stage (summary.json's `previous`), when its head is kept."""

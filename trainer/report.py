@@ -20,18 +20,20 @@ SUMMARY = "summary.json"
 
 
 def write(run_dir: Path, cfg: Config, best_epoch: int, global_steps: int, val: dict | None, test: dict,
-          classes: list[str], world_size: int, previous: dict | None = None) -> None:
+          classes: list[str], world_size: int, previous: dict | None = None, compiled: dict | None = None) -> None:
     """summary.json, confusion_{val,test}.png, the `latest` link, and the results table printed.
 
     `selection` says what the kept model was chosen on (split, metric, best or last epoch) and `on_test` marks
     a choice made on the test split, whose test metrics are optimistic.  `previous` (retain.keep_head): the previous
-    stage's test metrics before and after this stage, and the forgetting (accuracy before - after)."""
+    stage's test metrics before and after this stage, and the forgetting (accuracy before - after).  `compiled`:
+    whether the model ran compiled (`compiled`) and, when compiling failed, why (`compile_error`)."""
     summary = {"stage": cfg.stage, "run_dir": str(run_dir), "protocol": cfg.protocol, "method": cfg.optim.method,
                "dataset": cfg.data.dataset, "train_split": cfg.data.train_split, "val_split": cfg.data.val_split,
                "test_split": cfg.data.test_split, "select_metric": cfg.train.select_metric,
                "selection": selection(cfg), "seed": cfg.train.seed, "best_epoch": best_epoch, "epochs": cfg.train.epochs,
                "global_steps": global_steps, "world_size": world_size, "global_batch": cfg.train.global_batch,
-               "classes": classes, "val": val, "test": test, "previous": previous}
+               **(compiled or {"compiled": False, "compile_error": None}), "classes": classes, "val": val,
+               "test": test, "previous": previous}
     with atomic_path(run_dir / SUMMARY) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
     for split, metrics in (("val", val), ("test", test)):
