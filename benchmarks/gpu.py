@@ -12,7 +12,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   corpus     16k 1-s + 2k 10-s 44.1 kHz clips as WAV, packed as FLAC and as pcm16 (`gpu_corpus.py`)
   peak       the bf16 matmul ceiling of this device (8192^3), the denominator of every MFU
   model      our model step: mel front-end + MixStyle + PaSST-S (SDPA) + fused Adam, bf16 autocast, on a batch
-             already on the device; eager and torch.compile'd; 1-s clips at batch 256, 10-s at batch 64
+             already on the device; eager and torch.compile'd; 1-s clips at batch 256, 10-s at batch 64; the
+             same eager step through a DeepSpeed engine at ZeRO 0 (what the engine costs per step)
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
@@ -22,7 +23,7 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
   loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader
-  compiled   the compiled model steps and whole trainer (1-s and 10-s clips)
+  compiled   the compiled model steps (PaSST alone, and one graph from waveform to loss) and whole trainer
 Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).
   suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
@@ -127,9 +128,10 @@ def measure_peak(b: Bench) -> None:
     print(f"bf16 matmul {n}^3: {b.facts['peak_tflops']:.1f} TFLOP/s", flush=True)
 
 
-def build_step(b: Bench, seconds: float, batch: int, compiled: bool):
+def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
     """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device;
-    (step, mel frames per clip)."""
+    (step, mel frames per clip).  compiled: False | True (PaSST's forward, as the trainer does) | "whole" (one
+    compiled function from waveform to loss: front-end, MixStyle, patchout, PaSST and the loss)."""
     b.fresh_memory()
     torch.manual_seed(0)
     preset = PRESETS["sit44k"]
@@ -138,26 +140,41 @@ def build_step(b: Bench, seconds: float, batch: int, compiled: bool):
     mixstyle = FreqMixStyle(0.4, 0.4).train()
     model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
-    if compiled:
+    if compiled is True:
         model.compile(fullgraph=True, dynamic=False)
     wave = torch.randn(batch, samples, device=b.device) * 0.1
     label = torch.randint(10, (batch,), device=b.device)
 
-    def step():
+    def loss():
         mel = mixstyle(frontend(wave))
         with torch.autocast(b.device.type, dtype=torch.bfloat16):
             logits, _ = model(mel)
-        F.cross_entropy(logits.float(), label).backward()
+        return F.cross_entropy(logits.float(), label)
+
+    loss = torch.compile(loss, dynamic=False) if compiled == "whole" else loss  # MixStyle's draw may break it
+
+    def step():
+        loss().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step, frontend.frames(samples)
 
 
-def model_step(b: Bench, seconds: float, batch: int, compiled: bool) -> None:
+def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> None:
     step, frames = build_step(b, seconds, batch, compiled)
+    kind = {False: "eager", True: "compiled", "whole": "compiled waveform to loss"}[compiled]
     start = time.perf_counter()
-    step()
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 (a compiler failure is a result: the row says so, the call goes on)
+        if not compiled:
+            raise
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:160]}"
+        b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s", batch=batch,
+              samples_s=float("nan"), mfu=None, note=f"compiling failed: {reason}")
+        torch._dynamo.reset()
+        return
     b.sync()
     first = time.perf_counter() - start
     steps = 2 if b.tiny else 20
@@ -169,9 +186,55 @@ def model_step(b: Bench, seconds: float, batch: int, compiled: bool) -> None:
         step()
     b.sync()
     rate = batch * steps / (time.perf_counter() - start)
-    b.add(section="model", what=f"model step, {'compiled' if compiled else 'eager'}", clips=f"{seconds:g} s",
+    b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s",
           batch=batch, samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=b.peak(),
           note=f"first step {first:.0f} s (compilation)" if compiled else "")
+
+
+def engine_step(b: Bench, seconds: float, batch: int) -> None:
+    """The eager model step through a DeepSpeed engine (ZeRO 0, autocast inside it, as the trainer's JSON has it)
+    in this process as one rank: the engine's own cost per step, against the bare step."""
+    import deepspeed
+
+    from trainer import distributed
+
+    b.fresh_memory()
+    torch.manual_seed(0)
+    preset = PRESETS["sit44k"]
+    samples = int(seconds * preset.sample_rate)
+    distributed.setup(b.device.type)
+    try:
+        frontend = MelFrontend(preset).to(b.device).train()
+        mixstyle = FreqMixStyle(0.4, 0.4).train()
+        model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+        config = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
+                  "zero_optimization": {"stage": 0}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
+                  "timers": {"throughput": {"enabled": False, "synchronized": False}},
+                  "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+        wave = torch.randn(batch, samples, device=b.device) * 0.1
+        label = torch.randint(10, (batch,), device=b.device)
+
+        def step():
+            logits, _ = engine(mixstyle(frontend(wave)))
+            engine.backward(F.cross_entropy(logits.float(), label))
+            engine.step()
+
+        for _ in range(2 if b.tiny else 5):
+            step()
+        steps = 2 if b.tiny else 20
+        b.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        b.sync()
+        rate = batch * steps / (time.perf_counter() - start)
+        b.add(section="model", what="model step, eager, DeepSpeed engine ZeRO 0", clips=f"{seconds:g} s",
+              batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(samples)), peak_gib=b.peak(),
+              note="the trainer's engine settings, one rank")
+    finally:
+        distributed.teardown()
 
 
 def eval_rate(b: Bench, seconds: float, batch: int) -> None:
@@ -298,6 +361,11 @@ def write(b: Bench, out: Path) -> None:
             if step and whole:
                 checks.append(f"- whole trainer / model step, {clips} clips, {kind}: {whole:.0f} / {step:.0f} = "
                               f"**{100 * whole / step:.0f}%** (target >= 95%)")
+    bare, engine = rate("model", "model step, eager", "1 s"), rate("model", "model step, eager, DeepSpeed engine ZeRO 0",
+                                                                   "1 s")
+    if bare and engine:
+        checks.append(f"- DeepSpeed engine / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
+                      f"**{100 * engine / bare:.0f}%**")
     ours = rate("trainer", "whole trainer, flac", "1 s")
     ref = rate("reference", "reference stack, whole step", "1 s")
     if ours and ref:
@@ -360,6 +428,7 @@ def throughput(b: Bench, work: Path) -> None:
     if b.fits("model", 30):
         for seconds, batch in steps:
             model_step(b, seconds, batch, compiled=False)
+        engine_step(b, *steps[0])
     if b.fits("eval", 20):
         for seconds, batch in steps:
             eval_rate(b, seconds, batch)
@@ -398,6 +467,8 @@ def throughput(b: Bench, work: Path) -> None:
         trainer_run(b, corpus, 1.0, "flac", True, work)
     if b.fits("compiled", 60):
         model_step(b, *steps[1], compiled=True)
+    if b.fits("compiled", 150):
+        model_step(b, *steps[0], compiled="whole")
     if b.fits("compiled", 150):
         trainer_run(b, corpus, 10.0, "flac", True, work)
 

@@ -21,6 +21,7 @@ CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name
     ("GEMM", r"gemm|matmul|cutlass|cublas|xmma|\bmm\b|aten::mm|addmm|bmm|linear|conv"),
     ("STFT + mel", r"fft|stft|spectr|mel"),
     ("optimizer", r"adam|multi_tensor|foreach"),
+    ("communication", r"nccl|allreduce|all_reduce|allgather|all_gather|reduce_scatter|gloo"),
     ("copies / gathers", r"copy|memcpy|memset|\bcat\b|aten::cat|index|gather|scatter|contiguous|clone|randperm"),
     ("norm / GELU / elementwise", r"norm|gelu|elementwise|vectorized|triton|reduce|add|mul|div|sub|exp|log|pow|sqrt|"
                                   r"sum|mean|where|fill|max|clamp|neg|rsqrt|tanh|erf"),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from trainer.machine import source_commit
 
 from .helpers import REPO, run_command
@@ -28,13 +30,15 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("whole trainer, flac", "10 s"), ("whole trainer, pcm16", "1 s"),
                         ("whole trainer, flac, compiled", "1 s"), ("whole trainer, flac, compiled", "10 s"),
                         ("evaluation / prediction, eager", "1 s"), ("evaluation / prediction, eager", "10 s"),
+                        ("model step, eager, DeepSpeed engine ZeRO 0", "1 s"),
+                        ("model step, compiled waveform to loss", "1 s"),
                         ("reference stack, whole step", "1 s"),
                         ("reference stack, model step", "1 s"), ("loader dali-cpu + mel, flac", "1 s"),
                         ("loader dali-cpu + mel, pcm16", "10 s"), ("loader torch-cpu + mel, flac", "10 s")]:
         assert (what, clips) in rows, (what, clips, text)
     assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 5  # trainer runs
     assert "peak GiB" in next(line for line in text.splitlines() if line.startswith("| what"))
-    assert "loader headroom, 1-s FLAC" in text
+    assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine / bare model step, 1-s clips" in text
     # the profile section: both steps, every category, the wall time they add up to
     profile = (tmp_path / "gpu_profile.md").read_text()
     assert "eager step, 1-s clips x 8" in profile and "compiled step, 1-s clips x 8" in profile
@@ -56,9 +60,10 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     ("void regular_fft<256u, 16u, 4u>", "STFT + mel"), ("aten::_fft_r2c", "STFT + mel"),
     ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
     ("Memcpy DtoD (Device -> Device)", "copies / gathers"), ("triton_poi_fused_index_select_3", "copies / gathers"),
-    ("ncclKernel_AllReduce_RING_LL_Sum_float", "other"),
+    ("ncclKernel_AllReduce_RING_LL_Sum_float", "communication"), ("void cudnn::engines::winograd", "other"),
 ])
 def test_profile_categories_follow_the_kernel_names(name, category):
+    sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_profile
 
     assert gpu_profile.category(name) == category

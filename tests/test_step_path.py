@@ -154,6 +154,23 @@ def test_passt_is_one_graph_in_training_and_evaluation():
             torch.testing.assert_close(compiled(x)[0], model(x)[0])
 
 
+def test_long_clips_are_windowed_without_calling_the_module_again():
+    """A wrapper's hooks on PaSST (DeepSpeed's engine puts some there) run once per call, not once per window: inside
+    a compiled forward, a module call per window traced them, and a 10-s evaluation failed to compile."""
+    torch.manual_seed(0)
+    model = passt_micro(10).eval()
+    x = torch.randn(2, 1, 128, 1379)  # 10-s clips: several windows
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with torch.no_grad():
+        eager = model(x)[0]
+    assert len(calls) == 1
+    model.register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
+    model.forward = torch.compile(model.forward, backend="eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], eager)
+
+
 def test_compiled_model_equals_eager_in_evaluation():
     torch.manual_seed(0)
     model = passt_micro(10, s_patchout_f=6).eval()

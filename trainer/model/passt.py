@@ -247,8 +247,10 @@ class PaSST(nn.Module):
         starts = list(range(0, frames - window + 1, self.config.window_hop_frames))
         if starts[-1] != frames - window:
             starts.append(frames - window)
-        logits, features = zip(*(self(mel[..., s:s + window]) for s in starts))
-        return torch.stack(logits).mean(0), torch.stack(features).mean(0)
+        # forward_features, not self(): a module call would run the hooks a wrapper (DeepSpeed's engine) put on this
+        # module once per window, and inside a compiled forward it would trace them (a graph break)
+        features = torch.stack([self.forward_features(mel[..., s:s + window]) for s in starts])
+        return torch.stack([self.forward_head(f) for f in features]).mean(0), features.mean(0)
 
 
 def _build(defaults: dict, num_classes: int, overrides: dict) -> PaSST:
