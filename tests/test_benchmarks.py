@@ -1,8 +1,9 @@
 """The one-call GPU benchmark runs every section end to end (`--tiny`: tiny corpus and model, on the CPU).
 
 Speed is never asserted here; this checks that the script the next lent GPU will run works: corpus
-generation and packing, the model step eager and compiled, the real trainer (FLAC, pcm16, compiled;
-1-s and 10-s clips) with bf16 in effect inside the engine, the reference stack and the loader table.
+generation and packing, the model step eager, compiled, through a DeepSpeed engine and compiled from waveform
+to loss, evaluation, the real trainer (FLAC, pcm16, compiled; 1-s and 10-s clips) with bf16 in effect inside
+the engine, the reference stack, the loader table, peak memory and the profile's categories.
 Every result records the commit it was measured with.
 """
 from __future__ import annotations

@@ -293,3 +293,21 @@ def test_ewc_and_si_without_the_previous_stage_s_files_name_them(chain, tmp_path
     done = run_command([sys.executable, str(TRAIN), "--stage", "tau",
                         *_tau(chain, tmp_path, retain__method="ewc", init_from=alone / "model.pt")])
     assert done.returncode == 2 and f"needs {alone / 'fisher.pt'}" in done.stderr + done.stdout
+
+
+def test_a_resumed_recording_run_keeps_its_path_integral(group, trainable, tmp_path):
+    """SI's omega lives in every checkpoint: a run resumed from one goes on from the omega it had, not from zero."""
+    from trainer.engine import Trainer
+
+    overrides = train_overrides(trainable, tmp_path, "rec", train__epochs=2, retain__record="true",
+                                retain__fisher_samples=4)
+    first = Trainer(load_config("cochl", overrides)).setup()
+    assert first.fit() == 0
+    omega = {k: v.clone() for k, v in first.retain.recorder.omega.items()}
+    start = {k: v.clone() for k, v in first.retain.recorder.start.items()}
+    first.close()
+    assert sum(v.abs().sum() for v in omega.values()) > 0
+    again = Trainer(load_config("cochl", overrides)).setup()  # resumes from the last checkpoint: nothing left to train
+    for name, w in again.retain.recorder.omega.items():
+        assert torch.equal(w, omega[name]) and torch.equal(again.retain.recorder.start[name], start[name])
+    again.close()
