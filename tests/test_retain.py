@@ -19,7 +19,6 @@ from trainer.config import load_config, validate
 from trainer.configtools import ConfigError
 from trainer.model.frontend import FrontendConfig, MelFrontend
 from trainer.model.passt import create_model
-from trainer.retain.base import Mixed
 from trainer.retain.ewc import EWC, empirical_fisher
 from trainer.retain.lwf import distillation
 from trainer.retain.replay import Coreset, Replay, choose, crops, draws

@@ -20,7 +20,7 @@ from .data.epoch import plan_epoch
 from .data.loader import BACKENDS
 from .model.frontend import FrontendConfig
 from .model.passt import HEAD_INITS, LONG_CLIPS, MODELS, PaSSTConfig
-from .retain import FISHER_FILE, RETAIN_METHODS, SI_FILE
+from .retain import RETAIN_METHODS
 from .sit import METHODS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
