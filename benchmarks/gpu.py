@@ -53,6 +53,7 @@ import reference_stack
 from machine import device_name
 from trainer.data import make_loader
 from trainer.data.augment import FreqMixStyle
+from trainer.engine import compile_failure
 from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model, flops_per_sample
 
@@ -173,7 +174,7 @@ def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> No
     except Exception as exc:  # noqa: BLE001 (a compiler failure is a result: the row says so, the call goes on)
         if not compiled:
             raise
-        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:160]}"
+        reason = compile_failure(exc)
         b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s", batch=batch,
               samples_s=float("nan"), mfu=None, note=f"compiling failed: {reason}")
         torch._dynamo.reset()

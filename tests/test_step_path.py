@@ -203,3 +203,12 @@ def test_compile_auto_is_eager_on_the_cpu_and_a_failed_compile_falls_back_to_eag
     summary = json.loads((trainer.run_dir / "summary.json").read_text())
     assert summary["compiled"] is False and summary["compile_error"].startswith("RuntimeError: BackendCompilerFailed")
     trainer.close()
+
+
+def test_a_compile_failure_is_named_by_its_cause():
+    from trainer.engine import compile_failure
+
+    inductor = RuntimeError("backend='inductor' raised:\nRuntimeError: Not all inputs to pattern found in match.kwargs.\n"
+                            "\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace")
+    assert compile_failure(inductor) == "RuntimeError: RuntimeError: Not all inputs to pattern found in match.kwargs."
+    assert compile_failure(TypeError("plain message")) == "TypeError: plain message"

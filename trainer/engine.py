@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +86,15 @@ def epoch_seed(seed: int, epoch: int, rank: int, part: int = 0) -> int:
     """The RNG seed of a rank's epoch; `part` (the step a continuation on another world size began at) > 0 gives
     the continuation fresh streams."""
     return int(np.random.SeedSequence([seed, epoch, rank, 1, *([part] if part else [])]).generate_state(1)[0])
+
+
+def compile_failure(exc: BaseException) -> str:
+    """One line for a torch.compile failure: its type and the underlying error's line (a BackendCompilerFailed
+    message opens with "backend='inductor' raised:" and ends with a hint; the cause is the line between)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = next((line for line in lines if re.match(r"^[\w.]+(Error|Exception|Failed)\b.*:", line)), lines[0] if lines
+                 else "")
+    return f"{type(exc).__name__}: {cause[:300]}"
 
 
 def schedule_epoch(step: int, anchor_epoch: int, anchor_step: int, steps_per_epoch: int) -> int:
@@ -193,7 +203,7 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 (any compiler failure; a real bug fails again, eagerly, at step 1)
             model.forward = eager
             torch._dynamo.reset()
-            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+            reason = compile_failure(exc)
             log.warning("model.compile: compiling failed, so this run trains eager (summary.json: compiled false): "
                         "%s", reason)
             return False, reason
