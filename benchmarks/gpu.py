@@ -23,7 +23,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
   loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader
-  compiled   the compiled model steps (PaSST alone, and one graph from waveform to loss) and whole trainer
+  compiled   the compiled model steps (PaSST alone; one graph from waveform to loss; with CUDA graphs; with FP8
+             MLP Linears through torchao, where it is installed and the GPU has FP8) and the whole trainer
 Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).
   suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
@@ -129,11 +130,29 @@ def measure_peak(b: Bench) -> None:
     print(f"bf16 matmul {n}^3: {b.facts['peak_tflops']:.1f} TFLOP/s", flush=True)
 
 
+KINDS = {  # build_step's `compiled` -> the row's name
+    False: "eager", True: "compiled",
+    "whole": "compiled waveform to loss",  # front-end, MixStyle, patchout, PaSST and the loss as one function
+    "whole, no pattern matcher": "compiled waveform to loss, no pattern matcher",  # inductor's passes off
+    "cuda graphs": "compiled, CUDA graphs (reduce-overhead)",
+    "fp8": "compiled, FP8 MLP Linears (torchao float8)",  # the fc1 / fc2 of every block; the rest bf16
+}
+
+
+def fp8_unavailable(b: Bench) -> str | None:
+    """Why the FP8 row cannot run here (None: it can)."""
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao; stage its wheel on a lent machine)"
+    if b.device.type != "cuda" or torch.cuda.get_device_capability(b.device) < (8, 9):
+        return "float8 matmuls need a CUDA device of compute capability >= 8.9 (Ada, Hopper or newer)"
+    return None
+
+
 def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
     """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device;
-    (step, mel frames per clip).  compiled: False | True (PaSST's forward, as the trainer does) | "whole" (one
-    compiled function from waveform to loss: front-end, MixStyle, patchout, PaSST and the loss) | "whole, no
-    pattern matcher" (the same with inductor's pattern-matcher passes off: torch 2.11's fail on this graph)."""
+    (step, mel frames per clip).  compiled: a key of KINDS (True: PaSST's forward, as the trainer compiles it)."""
     b.fresh_memory()
     torch.manual_seed(0)
     preset = PRESETS["sit44k"]
@@ -142,8 +161,13 @@ def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
     mixstyle = FreqMixStyle(0.4, 0.4).train()
     model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
-    if compiled is True:
-        model.compile(fullgraph=True, dynamic=False)
+    if compiled == "fp8":
+        from torchao.float8 import convert_to_float8_training
+
+        convert_to_float8_training(model, module_filter_fn=lambda module, fqn: ".mlp." in f".{fqn}."
+                                   and isinstance(module, torch.nn.Linear))
+    if compiled in (True, "cuda graphs", "fp8"):
+        model.compile(fullgraph=True, dynamic=False, mode="reduce-overhead" if compiled == "cuda graphs" else None)
     wave = torch.randn(batch, samples, device=b.device) * 0.1
     label = torch.randint(10, (batch,), device=b.device)
 
@@ -165,9 +189,13 @@ def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
 
 
 def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> None:
+    kind = KINDS[compiled]
+    missing = fp8_unavailable(b) if compiled == "fp8" else None
+    if missing:
+        b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s", batch=batch,
+              samples_s=float("nan"), mfu=None, note=f"not measured: {missing}")
+        return
     step, frames = build_step(b, seconds, batch, compiled)
-    kind = ("eager" if compiled is False else "compiled" if compiled is True
-            else "compiled waveform to loss" + compiled.removeprefix("whole"))
     start = time.perf_counter()
     try:
         step()
@@ -475,6 +503,9 @@ def throughput(b: Bench, work: Path) -> None:
         model_step(b, *steps[1], compiled=True)
     if b.fits("compiled", 150):
         model_step(b, *steps[0], compiled="whole")
+    for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs
+        if b.fits("compiled", 150):
+            model_step(b, *steps[0], compiled=lever)
     if b.fits("compiled", 150):
         trainer_run(b, corpus, 10.0, "flac", True, work)
 

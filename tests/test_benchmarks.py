@@ -33,6 +33,8 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("evaluation / prediction, eager", "1 s"), ("evaluation / prediction, eager", "10 s"),
                         ("model step, eager, DeepSpeed engine ZeRO 0", "1 s"),
                         ("model step, compiled waveform to loss", "1 s"),
+                        ("model step, compiled, CUDA graphs (reduce-overhead)", "1 s"),
+                        ("model step, compiled, FP8 MLP Linears (torchao float8)", "1 s"),
                         ("reference stack, whole step", "1 s"),
                         ("reference stack, model step", "1 s"), ("loader dali-cpu + mel, flac", "1 s"),
                         ("loader dali-cpu + mel, pcm16", "10 s"), ("loader torch-cpu + mel, flac", "10 s")]:
@@ -41,6 +43,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     assert "peak GiB" in next(line for line in text.splitlines() if line.startswith("| what"))
     whole = [line.split("|")[4].strip() for line in text.splitlines() if "| model step, compiled waveform to loss" in line]
     assert whole[0] != "nan" or (len(whole) == 2 and whole[1] != "nan"), whole  # a failed compile is retried
+    assert "not measured: torchao is not installed" in text or "not measured: float8 matmuls need" in text
     assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine / bare model step, 1-s clips" in text
     # the profile section: both steps, every category, the wall time they add up to
     profile = (tmp_path / "gpu_profile.md").read_text()
