@@ -107,6 +107,18 @@ class Bench:
     def peak(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
 
+    def rate(self, call, batch: int, warmup: int) -> float:
+        """Clips/s of `call` (one batch each) over a timed run after `warmup` calls (more on a GPU)."""
+        for _ in range(warmup if self.tiny else 2 * warmup + 1):
+            call()
+        steps = 2 if self.tiny else 20
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            call()
+        self.sync()
+        return batch * steps / (time.perf_counter() - start)
+
     def train_flops(self, frames: int) -> float:
         return 3 * flops_per_sample(self.config, min(frames, self.config.window_frames), training=True)
 
@@ -153,14 +165,7 @@ def fp8_unavailable(b: Bench) -> str | None:
 def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
     """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device;
     (step, mel frames per clip).  compiled: a key of KINDS (True: PaSST's forward, as the trainer compiles it)."""
-    b.fresh_memory()
-    torch.manual_seed(0)
-    preset = PRESETS["sit44k"]
-    samples = int(seconds * preset.sample_rate)
-    frontend = MelFrontend(preset).to(b.device).train()
-    mixstyle = FreqMixStyle(0.4, 0.4).train()
-    model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+    frontend, mixstyle, model, optimizer, wave, label = step_parts(b, seconds, batch)
     if compiled == "fp8":
         from torchao.float8 import convert_to_float8_training
 
@@ -168,8 +173,6 @@ def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
                                    and isinstance(module, torch.nn.Linear))
     if compiled in (True, "cuda graphs", "fp8"):
         model.compile(fullgraph=True, dynamic=False, mode="reduce-overhead" if compiled == "cuda graphs" else None)
-    wave = torch.randn(batch, samples, device=b.device) * 0.1
-    label = torch.randint(10, (batch,), device=b.device)
 
     def loss():
         mel = mixstyle(frontend(wave))
@@ -185,7 +188,21 @@ def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step, frontend.frames(samples)
+    return step, frontend.frames(wave.shape[1])
+
+
+def step_parts(b: Bench, seconds: float, batch: int):
+    """A training step's pieces, seeded: front-end, MixStyle, PaSST, fused Adam, and a batch on the device."""
+    b.fresh_memory()
+    torch.manual_seed(0)
+    preset = PRESETS["sit44k"]
+    frontend = MelFrontend(preset).to(b.device).train()
+    mixstyle = FreqMixStyle(0.4, 0.4).train()
+    model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+    wave = torch.randn(batch, int(seconds * preset.sample_rate), device=b.device) * 0.1
+    label = torch.randint(10, (batch,), device=b.device)
+    return frontend, mixstyle, model, optimizer, wave, label
 
 
 def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> None:
@@ -211,15 +228,7 @@ def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> No
         return
     b.sync()
     first = time.perf_counter() - start
-    steps = 2 if b.tiny else 20
-    for _ in range(2 if b.tiny else 5):
-        step()
-    b.sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    b.sync()
-    rate = batch * steps / (time.perf_counter() - start)
+    rate = b.rate(step, batch, warmup=2)
     b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s",
           batch=batch, samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=b.peak(),
           note=f"first step {first:.0f} s (compilation)" if compiled else "")
@@ -232,40 +241,23 @@ def engine_step(b: Bench, seconds: float, batch: int) -> None:
 
     from trainer import distributed
 
-    b.fresh_memory()
-    torch.manual_seed(0)
-    preset = PRESETS["sit44k"]
-    samples = int(seconds * preset.sample_rate)
     distributed.setup(b.device.type)
     try:
-        frontend = MelFrontend(preset).to(b.device).train()
-        mixstyle = FreqMixStyle(0.4, 0.4).train()
-        model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+        frontend, mixstyle, model, optimizer, wave, label = step_parts(b, seconds, batch)
         config = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
                   "zero_optimization": {"stage": 0}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
                   "timers": {"throughput": {"enabled": False, "synchronized": False}},
                   "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
-        wave = torch.randn(batch, samples, device=b.device) * 0.1
-        label = torch.randint(10, (batch,), device=b.device)
 
         def step():
             logits, _ = engine(mixstyle(frontend(wave)))
             engine.backward(F.cross_entropy(logits.float(), label))
             engine.step()
 
-        for _ in range(2 if b.tiny else 5):
-            step()
-        steps = 2 if b.tiny else 20
-        b.sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        b.sync()
-        rate = batch * steps / (time.perf_counter() - start)
+        rate = b.rate(step, batch, warmup=2)
         b.add(section="model", what="model step, eager, DeepSpeed engine ZeRO 0", clips=f"{seconds:g} s",
-              batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(samples)), peak_gib=b.peak(),
+              batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(wave.shape[1])), peak_gib=b.peak(),
               note="the trainer's engine settings, one rank")
     finally:
         distributed.teardown()
@@ -284,15 +276,7 @@ def eval_rate(b: Bench, seconds: float, batch: int) -> None:
         with torch.autocast(b.device.type, dtype=torch.bfloat16):
             model(frontend(wave))
 
-    for _ in range(1 if b.tiny else 3):
-        forward()
-    steps = 2 if b.tiny else 20
-    b.sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        forward()
-    b.sync()
-    rate = batch * steps / (time.perf_counter() - start)
+    rate = b.rate(forward, batch, warmup=1)
     b.add(section="eval", what="evaluation / prediction, eager", clips=f"{seconds:g} s", batch=batch,
           samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
 
