@@ -138,6 +138,7 @@ class Trainer:
         # weights the stage starts from, so before DeepSpeed and any resume.
         self.retain = RetainStage(cfg, model, rank=d.rank, world_size=d.world_size, device=d.device,
                                   loader_settings=self._loader_settings())
+        # Compile (model.compile): forward and backward now, at the training shape; eager, warned, if it fails.
         self.compiled, self.compile_error = self._compile(model) if cfg.model.compile == "true" else (False, None)
         # Optimizer: slow-learner groups; one per-epoch LambdaLR factor keeps the groups' ratio.
         groups = param_groups(model, cfg.optim.method, lr=cfg.optim.lr, head_lr=cfg.optim.head_lr,
