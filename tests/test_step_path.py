@@ -184,7 +184,7 @@ def test_compile_auto_is_eager_on_the_cpu_and_a_failed_compile_falls_back_to_eag
         one_rank, trainable, tmp_path, monkeypatch, caplog):
     import json
 
-    auto = _trainer(trainable, tmp_path, "auto")  # configs/cochl.yaml: model.compile auto
+    auto = _trainer(trainable, tmp_path, "auto", model__compile="auto", train__device="cpu")  # the yaml default
     assert (auto.cfg.model.compile, auto.compiled) == ("false", False)
     assert "compile: 'false'" in (auto.run_dir / "config.yaml").read_text()  # the choice, not 'auto'
     auto.close()
