@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,17 @@ from trainer.machine import source_commit
 from .helpers import REPO, run_command
 
 
-def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
-    out = tmp_path / "gpu.md"
-    done = run_command([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--tiny", "--out", str(out),
-                        "--work", str(tmp_path)], timeout=900)
+def tiny_benchmark(script: str, tmp_path, *args: str, timeout: float) -> str:
+    """Run benchmarks/<script> --tiny, writing its table under tmp_path; the table's text."""
+    out = tmp_path / f"{Path(script).stem}.md"
+    done = run_command([sys.executable, str(REPO / "benchmarks" / script), "--tiny", "--out", str(out), *args],
+                       timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
+    text = tiny_benchmark("gpu.py", tmp_path, "--work", str(tmp_path), timeout=900)
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]) for line in text.splitlines()
             if line.startswith("| ") and "samples/s" not in line}
     for what, clips in [("model step, eager", "1 s"), ("model step, eager", "10 s"), ("model step, compiled", "1 s"),
@@ -126,11 +132,7 @@ def test_the_suite_section_counts_outcomes_and_reports_what_finished_before_the_
 
 def test_resume_benchmark_tiny_times_both_positions(tmp_path):
     """benchmarks/resume.py end to end on a tiny corpus: pre-empted at 10% and 90% of an epoch, each resumed."""
-    out = tmp_path / "resume.md"
-    done = run_command([sys.executable, str(REPO / "benchmarks" / "resume.py"), "--tiny", "--work", str(tmp_path),
-                        "--out", str(out)], timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    text = out.read_text()
+    text = tiny_benchmark("resume.py", tmp_path, "--work", str(tmp_path), timeout=600)
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| this checkout")]
     positions = [int(row[2].split("/")[0]) for row in rows]
     assert len(rows) == 2 and 0 < positions[0] < 26 < positions[1] < 52, text  # 52 steps per epoch
@@ -138,11 +140,8 @@ def test_resume_benchmark_tiny_times_both_positions(tmp_path):
 
 
 def test_continual_saturation_compares_both_scales_and_both_inits(tmp_path):
-    out = tmp_path / "saturation.md"
-    done = run_command([sys.executable, str(REPO / "benchmarks" / "continual_saturation.py"), "--tiny",
-                        "--out", str(out)], timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.read_text().splitlines()
+    text = tiny_benchmark("continual_saturation.py", tmp_path, timeout=300)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
             if line.startswith("| small") or line.startswith("| vggish")]
     assert [row[:2] for row in rows] == [["small", "finetune"], ["small", "hnet"], ["vggish", "finetune"],
                                          ["vggish", "hnet"]]

@@ -151,11 +151,16 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(root / old, ignore_errors=True)
 
 
+def cpu_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict as fp32 copies on the CPU (what model.pt holds)."""
+    return {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+
+
 def export_model(module: torch.nn.Module, path: Path, classes: list[str], config: dict,
                  previous_head: dict | None = None) -> Path:
     """The hand-off file: fp32 state dict (official key names), class list and the resolved config; with
     retain.keep_head, the previous stage's head as carried (`previous_head`: state_dict, classes, model)."""
-    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in module.state_dict().items()}
+    state = cpu_weights(module)
     extra = {"previous_head": previous_head} if previous_head else {}
     with atomic_path(path) as tmp:
         torch.save({"state_dict": state, "classes": list(classes), "config": config, **extra}, tmp)

@@ -411,23 +411,25 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------------
 
-    def evaluate(self, loader) -> dict:
-        """Metrics of one pass over a split, every sample exactly once across ranks (padding removed)."""
+    def evaluate(self, loader, head: torch.nn.Module | None = None) -> dict:
+        """Metrics of one pass over a split, every sample exactly once across ranks (padding removed).  With `head`
+        (the previous stage's, carried): its logits on the pooled features, scored with its classes and devices."""
         for module in (self.engine, self.frontend):
             module.eval()
-        out = infer([lambda wave: self.engine.module(self.frontend(wave))[0]], loader, device=self.dist.device,
-                    bf16=self.cfg.train.precision == "bf16")
-        return classification_metrics(out.logits, out.labels, out.devices, self.classes, self.device_names)
+        classes, devices = self.classes, self.device_names
+        if head is not None:
+            classes, devices = self.retain.previous.classes, self.retain.previous.manifest["devices"]
+
+        def classify(wave: torch.Tensor) -> torch.Tensor:
+            logits, features = self.engine.module(self.frontend(wave))
+            return logits if head is None else head(features.float())
+
+        out = infer([classify], loader, device=self.dist.device, bf16=self.cfg.train.precision == "bf16")
+        return classification_metrics(out.logits, out.labels, out.devices, classes, devices)
 
     def _evaluate_previous(self) -> dict:
         """The previous stage's test split through the backbone as it is now and the previous stage's frozen head."""
-        for module in (self.engine, self.frontend):
-            module.eval()
-        head, previous = self.retain.head, self.retain.previous
-        out = infer([lambda wave: head(self.engine.module(self.frontend(wave))[1].float())], self.retain.test_loader,
-                    device=self.dist.device, bf16=self.cfg.train.precision == "bf16")
-        return classification_metrics(out.logits, out.labels, out.devices, previous.classes,
-                                      previous.manifest["devices"])
+        return self.evaluate(self.retain.test_loader, self.retain.head)
 
     def _finish(self) -> None:
         cfg, d, p = self.cfg, self.dist, self.progress

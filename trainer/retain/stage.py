@@ -16,6 +16,7 @@ from torch import nn
 
 from data_shards.atomic import atomic_path
 
+from ..checkpoint import cpu_weights
 from ..config import replay_clips
 from ..data import make_loader
 from ..data.subset import split_index
@@ -82,8 +83,8 @@ class RetainStage:
         """The carried head as model.pt records it (`previous_head`), when it is kept."""
         if self.head is None or not self.cfg.retain.keep_head:
             return None
-        return {"state_dict": {k: v.detach().to("cpu", torch.float32).clone() for k, v in self.head.state_dict().items()},
-                "classes": self.previous.classes, "model": str(self.previous.file)}
+        return {"state_dict": cpu_weights(self.head), "classes": self.previous.classes,
+                "model": str(self.previous.file)}
 
     # --- recording (retain.record) ----------------------------------------------------------------
 
