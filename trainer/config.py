@@ -194,8 +194,8 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
 def resolve_precision(cfg: Config, device_type: str) -> None:
     """The `auto` settings follow the device, so that one config trains fast on a laptop and on a GPU machine:
     train.precision=auto becomes bf16 on CUDA and fp32 on the CPU (where bf16 autocast is emulated, and slower than
-    fp32); model.compile=auto compiles on CUDA (1.3x the eager step on an H200) and not on the CPU (where compiling
-    costs more than it saves on a demo's minutes).  The run's saved config.yaml holds what was chosen."""
+    fp32); model.compile=auto compiles on CUDA (benchmarks/gpu.py's compiled rows measure what it gains) and not on
+    the CPU (where compiling costs more than it saves on a demo's minutes).  The run's saved config.yaml holds what was chosen."""
     if cfg.train.precision == "auto":
         cfg.train.precision = "bf16" if device_type == "cuda" else "fp32"
     cfg.model.compile = str(cfg.model.compile).lower()
