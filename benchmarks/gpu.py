@@ -13,7 +13,9 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   peak       the bf16 matmul ceiling of this device (8192^3), the denominator of every MFU
   model      our model step: mel front-end + MixStyle + PaSST-S (SDPA) + fused Adam, bf16 autocast, on a batch
              already on the device; eager and torch.compile'd; 1-s clips at batch 256, 10-s at batch 64; the
-             same eager step through a DeepSpeed engine at ZeRO 0 (what the engine costs per step)
+             same eager step through a DeepSpeed engine at ZeRO 0 (what the engine costs per step), as the trainer
+             runs it and with DeepSpeed's no-op one-rank gradient all-reduce kept; eager with Liger's LayerNorm
+             kernel in place of every nn.LayerNorm (where liger-kernel is installed)
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
@@ -22,12 +24,17 @@ Sections, in the order they run (each skipped with a note once `--budget` second
              rate is the median of steps.csv's windows after each epoch's first
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
-  loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader
-  compiled   the compiled model steps (PaSST alone; one graph from waveform to loss; with CUDA graphs; with FP8
-             MLP Linears through torchao, where it is installed and the GPU has FP8) and the whole trainer
-Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).
+  loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader;
+             decoding per core (one DALI CPU thread, FLAC vs pcm16, with the bytes per clip; `decode.py`)
+  compiled   the compiled model steps (PaSST alone; one graph from waveform to loss; with CUDA graphs; with
+             max-autotune; with FP8 MLP Linears through torchao, where it is installed and the GPU has FP8) and the
+             whole trainer
   suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
+Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).  A lever that fails
+(a compiler error, a kernel library's) is a row saying why, and the call goes on.  The optional rows' wheels
+(torchao, liger-kernel) and pytest-xdist for the suite: `bash benchmarks/stage_extras.sh` after the shared
+staging script.
 """
 from __future__ import annotations
 
@@ -47,13 +54,14 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+import decode
 import gpu_corpus
 import gpu_profile
+import gpu_step
 import gpu_suite
 import reference_stack
-from machine import device_name
+from machine import device_name, source_commit
 from trainer.data import make_loader
-from trainer.data.augment import FreqMixStyle
 from trainer.engine import compile_failure
 from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model, flops_per_sample
@@ -142,113 +150,58 @@ def measure_peak(b: Bench) -> None:
     print(f"bf16 matmul {n}^3: {b.facts['peak_tflops']:.1f} TFLOP/s", flush=True)
 
 
-KINDS = {  # build_step's `compiled` -> the row's name
-    False: "eager", True: "compiled",
-    "whole": "compiled waveform to loss",  # front-end, MixStyle, patchout, PaSST and the loss as one function
-    "whole, no pattern matcher": "compiled waveform to loss, no pattern matcher",  # inductor's passes off
-    "cuda graphs": "compiled, CUDA graphs (reduce-overhead)",
-    "fp8": "compiled, FP8 MLP Linears (torchao float8)",  # the fc1 / fc2 of every block; the rest bf16
-}
-
-
-def fp8_unavailable(b: Bench) -> str | None:
-    """Why the FP8 row cannot run here (None: it can)."""
-    try:
-        import torchao.float8  # noqa: F401
-    except ImportError:
-        return "torchao is not installed (pip install torchao; stage its wheel on a lent machine)"
-    if b.device.type != "cuda" or torch.cuda.get_device_capability(b.device) < (8, 9):
-        return "float8 matmuls need a CUDA device of compute capability >= 8.9 (Ada, Hopper or newer)"
-    return None
-
-
-def build_step(b: Bench, seconds: float, batch: int, compiled: bool | str):
-    """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device;
-    (step, mel frames per clip).  compiled: a key of KINDS (True: PaSST's forward, as the trainer compiles it)."""
-    frontend, mixstyle, model, optimizer, wave, label = step_parts(b, seconds, batch)
-    if compiled == "fp8":
-        from torchao.float8 import convert_to_float8_training
-
-        convert_to_float8_training(model, module_filter_fn=lambda module, fqn: ".mlp." in f".{fqn}."
-                                   and isinstance(module, torch.nn.Linear))
-    if compiled in (True, "cuda graphs", "fp8"):
-        model.compile(fullgraph=True, dynamic=False, mode="reduce-overhead" if compiled == "cuda graphs" else None)
-
-    def loss():
-        mel = mixstyle(frontend(wave))
-        with torch.autocast(b.device.type, dtype=torch.bfloat16):
-            logits, _ = model(mel)
-        return F.cross_entropy(logits.float(), label)
-
-    if compiled in ("whole", "whole, no pattern matcher"):  # not fullgraph: MixStyle's draw may break the graph
-        loss = torch.compile(loss, dynamic=False, options={"pattern_matcher": compiled == "whole"})
-
-    def step():
-        loss().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step, frontend.frames(wave.shape[1])
-
-
-def step_parts(b: Bench, seconds: float, batch: int):
-    """A training step's pieces, seeded: front-end, MixStyle, PaSST, fused Adam, and a batch on the device."""
-    b.fresh_memory()
-    torch.manual_seed(0)
-    preset = PRESETS["sit44k"]
-    frontend = MelFrontend(preset).to(b.device).train()
-    mixstyle = FreqMixStyle(0.4, 0.4).train()
-    model = create_model(b.model, 10, s_patchout_f=6).to(b.device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
-    wave = torch.randn(batch, int(seconds * preset.sample_rate), device=b.device) * 0.1
-    label = torch.randint(10, (batch,), device=b.device)
-    return frontend, mixstyle, model, optimizer, wave, label
-
-
-def model_step(b: Bench, seconds: float, batch: int, compiled: bool | str) -> None:
-    kind = KINDS[compiled]
-    missing = fp8_unavailable(b) if compiled == "fp8" else None
+def model_step(b: Bench, seconds: float, batch: int, kind: bool | str) -> None:
+    name = gpu_step.KINDS[kind]
+    missing = {"fp8": gpu_step.fp8_unavailable, "liger": gpu_step.liger_unavailable}.get(kind, lambda _: None)(b.device)
     if missing:
-        b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s", batch=batch,
+        b.add(section="model", what=f"model step, {name}", clips=f"{seconds:g} s", batch=batch,
               samples_s=float("nan"), mfu=None, note=f"not measured: {missing}")
         return
-    step, frames = build_step(b, seconds, batch, compiled)
-    start = time.perf_counter()
     try:
+        b.fresh_memory()
+        step, frames = gpu_step.build_step(b.device, b.model, seconds, batch, kind)
+        start = time.perf_counter()
         step()
-    except Exception as exc:  # noqa: BLE001 (a compiler failure is a result: the row says so, the call goes on)
-        if not compiled:
+    except Exception as exc:  # noqa: BLE001 (a lever that fails is a result: the row says so, the call goes on)
+        if kind is False:
             raise
         reason = compile_failure(exc)
-        b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s", batch=batch,
-              samples_s=float("nan"), mfu=None, note=f"compiling failed: {reason}")
+        b.add(section="model", what=f"model step, {name}", clips=f"{seconds:g} s", batch=batch,
+              samples_s=float("nan"), mfu=None, note=f"{'' if kind == 'liger' else 'compiling '}failed: {reason}")
         torch._dynamo.reset()
-        if compiled == "whole":
+        if kind == "whole":
             model_step(b, seconds, batch, "whole, no pattern matcher")
         return
     b.sync()
     first = time.perf_counter() - start
     rate = b.rate(step, batch, warmup=2)
-    b.add(section="model", what=f"model step, {kind}", clips=f"{seconds:g} s",
+    b.add(section="model", what=f"model step, {name}", clips=f"{seconds:g} s",
           batch=batch, samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=b.peak(),
-          note=f"first step {first:.0f} s (compilation)" if compiled else "")
+          note=f"first step {first:.0f} s (compilation)" if kind and kind != "liger" else "")
 
 
-def engine_step(b: Bench, seconds: float, batch: int) -> None:
+ENGINES = {True: "DeepSpeed engine ZeRO 0", False: "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"}
+
+
+def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
     """The eager model step through a DeepSpeed engine (ZeRO 0, autocast inside it, as the trainer's JSON has it)
-    in this process as one rank: the engine's own cost per step, against the bare step."""
+    in this process as one rank: the engine's own cost per step, against the bare step.  lean: as the trainer runs
+    it, without DeepSpeed's no-op one-rank gradient all-reduce (`distributed.skip_lone_reduction`)."""
     import deepspeed
 
     from trainer import distributed
 
     distributed.setup(b.device.type)
     try:
-        frontend, mixstyle, model, optimizer, wave, label = step_parts(b, seconds, batch)
+        b.fresh_memory()
+        frontend, mixstyle, model, optimizer, wave, label = gpu_step.step_parts(b.device, b.model, seconds, batch)
         config = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
                   "zero_optimization": {"stage": 0}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
                   "timers": {"throughput": {"enabled": False, "synchronized": False}},
                   "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
+        if lean:
+            distributed.skip_lone_reduction(engine)
 
         def step():
             logits, _ = engine(mixstyle(frontend(wave)))
@@ -256,9 +209,10 @@ def engine_step(b: Bench, seconds: float, batch: int) -> None:
             engine.step()
 
         rate = b.rate(step, batch, warmup=2)
-        b.add(section="model", what="model step, eager, DeepSpeed engine ZeRO 0", clips=f"{seconds:g} s",
+        b.add(section="model", what=f"model step, eager, {ENGINES[lean]}", clips=f"{seconds:g} s",
               batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(wave.shape[1])), peak_gib=b.peak(),
-              note="the trainer's engine settings, one rank")
+              note="as the trainer runs it, one rank" if lean else "DeepSpeed's default: every step flattens the "
+                                                                   "gradients, all-reduces them over one rank, copies back")
     finally:
         distributed.teardown()
 
@@ -288,7 +242,8 @@ def profile_steps(b: Bench, out: Path) -> None:
     for compiled in (False, True):
         if compiled and not b.fits("profile", 150):
             break
-        step, _ = build_step(b, 1.0, batch, compiled)
+        b.fresh_memory()
+        step, _ = gpu_step.build_step(b.device, b.model, 1.0, batch, compiled)
         for _ in range(2 if b.tiny else 5):  # compilation and warm-up outside the profile
             step()
         results[f"{'compiled' if compiled else 'eager'} step, 1-s clips x {batch}"] = gpu_profile.profile_step(
@@ -363,6 +318,15 @@ def loader_rate(b: Bench, folder: Path, batch: int, backend: str, threads: int) 
           note=f"{threads} {'threads' if backend == 'dali' else 'workers'}")
 
 
+def decode_per_core(b: Bench, folder: Path, batch: int) -> None:
+    """The CPU half of the loader on one thread (read, decode, crop; `decode.py`): what one core gives a GPU."""
+    fmt, clips = folder.name.split("_")[1], "1 s" if folder.name.startswith("short") else "10 s"
+    rate, size = decode.decode_rate(folder, batch, 1), decode.bytes_per_clip(folder)
+    b.facts.setdefault("decode", {})[clips, fmt] = {"per_core": rate, "bytes": size}
+    b.add(section="loader", what=f"decode per core (DALI CPU, 1 thread), {fmt}", clips=clips, batch=batch,
+          samples_s=rate, mfu=None, note=f"{size / 1024:.0f} KiB / clip in the shards")
+
+
 def write(b: Bench, out: Path) -> None:
     def rate(section, what, clips):
         return next((r["samples_s"] for r in b.rows if r["section"] == section and r["what"] == what
@@ -379,11 +343,11 @@ def write(b: Bench, out: Path) -> None:
             if step and whole:
                 checks.append(f"- whole trainer / model step, {clips} clips, {kind}: {whole:.0f} / {step:.0f} = "
                               f"**{100 * whole / step:.0f}%** (target >= 95%)")
-    bare, engine = rate("model", "model step, eager", "1 s"), rate("model", "model step, eager, DeepSpeed engine ZeRO 0",
-                                                                   "1 s")
-    if bare and engine:
-        checks.append(f"- DeepSpeed engine / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
-                      f"**{100 * engine / bare:.0f}%**")
+    bare = rate("model", "model step, eager", "1 s")
+    for lean, engine in ((lean, rate("model", f"model step, eager, {name}", "1 s")) for lean, name in ENGINES.items()):
+        if bare and engine:
+            checks.append(f"- {ENGINES[lean]} / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
+                          f"**{100 * engine / bare:.0f}%**")
     ours = rate("trainer", "whole trainer, flac", "1 s")
     ref = rate("reference", "reference stack, whole step", "1 s")
     if ours and ref:
@@ -395,6 +359,8 @@ def write(b: Bench, out: Path) -> None:
         if loader:
             checks.append(f"- loader headroom, 1-s FLAC (best DALI row / fastest whole trainer): {loader:.0f} / "
                           f"{fastest:.0f} = **{loader / fastest:.1f}x** (target >= 3x)")
+    if b.facts.get("decode"):
+        checks += decode.summary(b.facts["decode"], 5 * ref if ref else None, "5x the reference stack above")
     best = max((r["mfu"] for r in b.rows if r["section"] == "model" and r["mfu"]), default=None)
     if best:
         checks.append(f"- best model-step MFU: **{best:.1f}%** of the measured bf16 peak (target >= 55%)")
@@ -402,7 +368,8 @@ def write(b: Bench, out: Path) -> None:
     text = ""
     if b.rows or not b.suite:
         text = (f"# GPU throughput: model step, loader, whole trainer and the reference stack, side by side\n\n"
-                f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores), "
+                f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores; "
+                f"project at {source_commit(REPO)}), "
                 f"torch {torch.__version__}, with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
                 f"({time.perf_counter() - b.started:.0f} s). bf16 matmul peak measured in the same call: "
                 f"{b.facts.get('peak_tflops', float('nan')):.0f} TFLOP/s (MFU column = training FLOPs, 3x the forward "
@@ -445,8 +412,10 @@ def throughput(b: Bench, work: Path) -> None:
     steps = [(1.0, 8 if b.tiny else 256), (10.0, 4 if b.tiny else 64)]
     if b.fits("model", 30):
         for seconds, batch in steps:
-            model_step(b, seconds, batch, compiled=False)
-        engine_step(b, *steps[0])
+            model_step(b, seconds, batch, kind=False)
+        for lean in (True, False):
+            engine_step(b, *steps[0], lean)
+        model_step(b, *steps[0], kind="liger")  # a kernel library's norm against eager's (and compile's, below)
     if b.fits("eval", 20):
         for seconds, batch in steps:
             eval_rate(b, seconds, batch)
@@ -475,21 +444,23 @@ def throughput(b: Bench, work: Path) -> None:
                 for n in threads if fmt == "flac" else threads[:1]:
                     loader_rate(b, corpus["sets"][name]["shards"][fmt], batch, "dali", n)
             loader_rate(b, corpus["sets"][name]["shards"]["flac"], batch, "torch", threads[-1])
+            for fmt in ("flac", "pcm16"):
+                decode_per_core(b, corpus["sets"][name]["shards"][fmt], batch)
     if b.fits("trainer", 60):
         trainer_run(b, corpus, 1.0, "pcm16", False, work)
     if b.fits("profile", 60):
         profile_steps(b, b.args.out)
     if b.fits("compiled", 150):
-        model_step(b, *steps[0], compiled=True)
+        model_step(b, *steps[0], kind=True)
     if b.fits("compiled", 120):
         trainer_run(b, corpus, 1.0, "flac", True, work)
     if b.fits("compiled", 60):
-        model_step(b, *steps[1], compiled=True)
+        model_step(b, *steps[1], kind=True)
     if b.fits("compiled", 150):
-        model_step(b, *steps[0], compiled="whole")
-    for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs
+        model_step(b, *steps[0], kind="whole")
+    for lever in ("cuda graphs", "max-autotune", "fp8"):  # what the profile may call for: launch gaps, GEMMs
         if b.fits("compiled", 150):
-            model_step(b, *steps[0], compiled=lever)
+            model_step(b, *steps[0], kind=lever)
     if b.fits("compiled", 150):
         trainer_run(b, corpus, 10.0, "flac", True, work)
 

@@ -86,8 +86,9 @@ def _impulse_responses(folder: Path, count: int = 8) -> Path:
     return folder
 
 
-def make_corpus(root: Path, *, tiny: bool, workers: int) -> dict:
-    """WAV files, CSV lists and shards under `root`; returns paths and timings."""
+def make_corpus(root: Path, *, tiny: bool, workers: int, specs: list[SetSpec] | None = None) -> dict:
+    """WAV files, CSV lists and shards under `root` (the sets `specs`, default `sizes(tiny)`); returns paths and
+    timings."""
     from data_shards.pack import PackOptions, pack
     from data_shards.sources import csv_folder
 
@@ -95,7 +96,7 @@ def make_corpus(root: Path, *, tiny: bool, workers: int) -> dict:
     wav = root / "wav"
     started = time.perf_counter()
     jobs, lists = [], {}
-    for spec in sizes(tiny):
+    for spec in specs or sizes(tiny):
         (wav / spec.name).mkdir(parents=True, exist_ok=True)
         rows = _rows(spec, wav)
         samples = int(spec.seconds * RATE)

@@ -38,6 +38,11 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("whole trainer, flac, compiled", "1 s"), ("whole trainer, flac, compiled", "10 s"),
                         ("evaluation / prediction, eager", "1 s"), ("evaluation / prediction, eager", "10 s"),
                         ("model step, eager, DeepSpeed engine ZeRO 0", "1 s"),
+                        ("model step, eager, DeepSpeed engine ZeRO 0, one-rank all-reduce kept", "1 s"),
+                        ("model step, eager, Liger LayerNorm", "1 s"),
+                        ("model step, compiled, max-autotune (no CUDA graphs)", "1 s"),
+                        ("decode per core (DALI CPU, 1 thread), flac", "1 s"),
+                        ("decode per core (DALI CPU, 1 thread), pcm16", "10 s"),
                         ("model step, compiled waveform to loss", "1 s"),
                         ("model step, compiled, CUDA graphs (reduce-overhead)", "1 s"),
                         ("model step, compiled, FP8 MLP Linears (torchao float8)", "1 s"),
@@ -50,7 +55,10 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     whole = [line.split("|")[4].strip() for line in text.splitlines() if "| model step, compiled waveform to loss" in line]
     assert whole[0] != "nan" or (len(whole) == 2 and whole[1] != "nan"), whole  # a failed compile is retried
     assert "not measured: torchao is not installed" in text or "not measured: float8 matmuls need" in text
-    assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine / bare model step, 1-s clips" in text
+    assert "not measured: liger-kernel is not installed" in text or "not measured: Liger's Triton kernels need" in text
+    assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine ZeRO 0 / bare model step, 1-s clips" in text
+    assert "DeepSpeed engine ZeRO 0, one-rank all-reduce kept / bare model step" in text
+    assert "- 1 s clips: pcm16 decodes" in text and "cores per GPU for 3x headroom" in text
     # the profile section: both steps, every category, the wall time they add up to
     profile = (tmp_path / "gpu_profile.md").read_text()
     assert "eager step, 1-s clips x 8" in profile and "compiled step, 1-s clips x 8" in profile
@@ -147,3 +155,50 @@ def test_continual_saturation_compares_both_scales_and_both_inits(tmp_path):
                                          ["vggish", "hnet"]]
     share = {(row[0], row[1]): float(row[5].rstrip("%")) for row in rows}
     assert share["vggish", "finetune"] > 80 > 20 > share["small", "finetune"]  # the scale is what saturates
+
+
+def test_decode_benchmark_tiny_measures_both_formats_and_their_bytes(tmp_path):
+    text = tiny_benchmark("decode.py", tmp_path, "--repeats", "1", timeout=300)
+    rows = {(cells[0], cells[1]): cells for cells in ([c.strip() for c in line.split("|")[1:-1]]
+                                                      for line in text.splitlines() if line.startswith("| 1") or
+                                                      line.startswith("| 10"))}
+    assert set(rows) == {("1 s", "flac"), ("1 s", "pcm16"), ("10 s", "flac"), ("10 s", "pcm16")}, text
+    for (clips, fmt), cells in rows.items():
+        assert float(cells[3]) > 0 and float(cells[4]) > 0
+    # raw 16-bit samples plus the tar members: at least 2 bytes per sample, and FLAC of noise + tone is smaller
+    for clips, samples in (("1 s", 44100), ("10 s", 441000)):
+        assert 2 * samples / 1024 < float(rows[clips, "pcm16"][6]) < 2 * samples / 1024 + 4
+        assert float(rows[clips, "flac"][6]) < float(rows[clips, "pcm16"][6])
+    assert "- 1 s clips: pcm16 decodes" in text and "- 10 s clips: pcm16 decodes" in text
+
+
+def test_decode_summary_ratios_and_cores_per_gpu():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import decode
+
+    rows = {("1 s", "flac"): {"per_core": 1000.0, "bytes": 50 * 1024}, ("1 s", "pcm16"): {"per_core": 4000.0,
+                                                                                          "bytes": 100 * 1024}}
+    lines = decode.summary(rows, 2000.0, "a goal")
+    assert lines[0] == ("- 1 s clips: pcm16 decodes **4.0x** the clips per core of FLAC (4000 vs 1000 clips/s) at "
+                        "**2.00x** the bytes per clip (100 vs 50 KiB)")
+    assert lines[1].startswith("- cores per GPU for 3x headroom at 2000 1-s clips/s (a goal): FLAC **6**, pcm16 **1.5**")
+    assert decode.summary(rows) == lines[:1]  # no target, no cores line; no 10-s rows, no 10-s line
+
+
+def test_the_liger_row_swaps_every_layernorm_and_keeps_the_function():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+
+    import gpu_step
+    from trainer.model.passt import create_model
+
+    class Stand(torch.nn.LayerNorm):  # stands in for Liger's LayerNorm (its Triton kernels need a GPU)
+        pass
+
+    model = create_model("passt_micro", 10).eval()
+    norms = sum(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    mel = torch.randn(2, 1, model.config.n_mels, 100)
+    before = model(mel)[0]
+    assert gpu_step.swap_norms(model, lambda norm: Stand(norm.normalized_shape, eps=norm.eps)) == norms
+    assert sum(isinstance(m, Stand) for m in model.modules()) == norms and norms == 2 * model.config.depth + 2
+    torch.testing.assert_close(model(mel)[0], before, rtol=0, atol=0)

@@ -1,10 +1,15 @@
-"""The launcher's way out: `distributed.exit_process` against the gloo teardown race of torch 2.11.
+"""The process-level pieces of `trainer.distributed`: the launcher's way out and the one-rank engine.
+
+`exit_process` against the gloo teardown race of torch 2.11:
 
 When a gloo worker thread releases a finished collective's tensors after the interpreter has begun to
 finalise, the GIL it needs is gone and the process aborts (SIGABRT) although the run is complete. The
 scenario below makes that likely: rank 1 holds the GIL in one long C call while its all-gather
 completes, then ends. Ending it the ordinary way is the control (it must abort at least once, or the
 scenario proves nothing); ending it with `exit_process` must give the requested code.
+
+`skip_lone_reduction`: a one-rank ZeRO 0 engine trains without DeepSpeed's no-op gradient all-reduce, bit for bit
+as with it and as plain torch does.
 """
 from __future__ import annotations
 
@@ -115,3 +120,47 @@ def test_setup_replaces_or_refuses_a_group_without_a_backend_for_the_device(monk
         monkeypatch.undo()
         distributed.teardown()
         set_accelerator(accelerator)
+
+
+def _engine_run(zero: int, skip: bool, monkeypatch) -> tuple[dict, int]:
+    """Three optimizer steps of 2 accumulated micro-batches through a one-rank engine: (weights, all-reduces run)."""
+    import deepspeed
+    import torch
+
+    from trainer import distributed
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    config = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False, config=config)
+    reductions = []
+    fallback = engine.buffered_allreduce_fallback
+    monkeypatch.setattr(engine, "buffered_allreduce_fallback", lambda *a, **k: (reductions.append(1), fallback(*a, **k)))
+    if skip:
+        assert distributed.skip_lone_reduction(engine) is (zero == 0)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        engine.backward(engine(torch.randn(2, 6, generator=data)).square().mean())
+        engine.step()
+    return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}, len(reductions)
+
+
+def test_one_rank_at_zero_0_skips_the_no_op_gradient_all_reduce_and_trains_bit_identically(group, monkeypatch):
+    import torch
+
+    lean, lean_reductions = _engine_run(0, True, monkeypatch)
+    full, full_reductions = _engine_run(0, False, monkeypatch)
+    assert (lean_reductions, full_reductions) == (0, 3)  # DeepSpeed's own path reduces once per optimizer step
+    torch.manual_seed(0)  # the same steps without DeepSpeed: loss / accumulation, backward twice, Adam
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for _ in range(2):
+            (model(torch.randn(2, 6, generator=data)).square().mean() / 2).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(lean[key], full[key]) and torch.equal(lean[key], value), key
+    _engine_run(1, True, monkeypatch)  # ZeRO 1 reduces in its optimizer: left alone

@@ -156,6 +156,21 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def skip_lone_reduction(engine) -> bool:
+    """At ZeRO 0 with one data-parallel rank DeepSpeed still all-reduces every gradient at each optimizer step: it
+    flattens them into one buffer, reduces it over a group of one and copies it back (two read-write passes over
+    the gradients, a kernel per parameter and a gradient-sized buffer per step, none of which changes a bit).
+    Turn that path off on such an engine; gradients and weights stay bit-identical.  Returns whether it was
+    turned off (ZeRO 1-3 reduce inside their optimizers and are left alone)."""
+    if engine.zero_optimization_stage() != 0 or engine.dp_world_size != 1:
+        return False
+    if not hasattr(engine, "enable_backward_allreduce"):
+        raise RuntimeError("this DeepSpeed engine has no enable_backward_allreduce switch (deepspeed "
+                           f"{sys.modules['deepspeed'].__version__}); install the version pyproject.toml names")
+    engine.enable_backward_allreduce = False
+    return True
+
+
 def teardown() -> None:
     if not dist.is_initialized():
         return

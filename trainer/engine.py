@@ -156,6 +156,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=deepspeed_config(cfg, d.world_size),
                                                     dist_init_required=False)
+        distributed.skip_lone_reduction(self.engine)  # one GPU: no gradient all-reduce (nothing to reduce)
         # Resume: engine, optimizer, scheduler, RNG and data position of the newest checkpoint, on any world size.
         resumed = checkpoint.load(self.engine, self.ckpt_dir, d.rank, d.world_size) if cfg.run.resume == "auto" else None
         state = resumed.client_state if resumed else None

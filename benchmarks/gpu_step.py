@@ -1,0 +1,108 @@
+"""The model step of `gpu.py` and its levers: one function builds the trainer's step (front-end, MixStyle, PaSST,
+loss, backward, fused Adam) on a batch already on the device, eager or with one lever applied, so that each lever
+is a row that can be judged alone against the same step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from trainer.data.augment import FreqMixStyle
+from trainer.model.frontend import PRESETS, MelFrontend
+from trainer.model.passt import create_model
+
+KINDS = {  # build_step's `kind` -> the row's name
+    False: "eager", True: "compiled",
+    "whole": "compiled waveform to loss",  # front-end, MixStyle, patchout, PaSST and the loss as one function
+    "whole, no pattern matcher": "compiled waveform to loss, no pattern matcher",  # inductor's passes off
+    "cuda graphs": "compiled, CUDA graphs (reduce-overhead)",
+    "fp8": "compiled, FP8 MLP Linears (torchao float8)",  # the fc1 / fc2 of every block; the rest bf16
+    "max-autotune": "compiled, max-autotune (no CUDA graphs)",  # inductor benchmarks GEMM / kernel configs
+    "liger": "eager, Liger LayerNorm",  # every nn.LayerNorm as Liger's Triton kernel: a library's fused norm
+}
+
+
+def swap_norms(model: torch.nn.Module, make) -> int:
+    """Replace every nn.LayerNorm of `model` by `make(norm)` holding the same weights; returns how many."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.LayerNorm):
+                new = make(child).to(child.weight.device)
+                new.load_state_dict(child.state_dict())
+                setattr(parent, name, new)
+                swapped += 1
+    return swapped
+
+
+def liger_norm(norm: torch.nn.LayerNorm) -> torch.nn.Module:
+    from liger_kernel.transformers import LigerLayerNorm
+
+    return LigerLayerNorm(norm.normalized_shape[0], eps=norm.eps, bias=True)
+
+
+def liger_unavailable(device: torch.device) -> str | None:
+    """Why the Liger row cannot run here (None: it can)."""
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return "liger-kernel is not installed (pip install liger-kernel; stage its wheel on a lent machine)"
+    if device.type != "cuda":
+        return "Liger's Triton kernels need a CUDA device"
+    return None
+
+
+def fp8_unavailable(device: torch.device) -> str | None:
+    """Why the FP8 row cannot run here (None: it can)."""
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao; stage its wheel on a lent machine)"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return "float8 matmuls need a CUDA device of compute capability >= 8.9 (Ada, Hopper or newer)"
+    return None
+
+
+def build_step(device: torch.device, model_name: str, seconds: float, batch: int, kind: bool | str):
+    """Front-end + MixStyle + PaSST + loss + backward + fused Adam, as the trainer's step, on a batch on the device;
+    (step, mel frames per clip).  kind: a key of KINDS (True: PaSST's forward, as the trainer compiles it)."""
+    frontend, mixstyle, model, optimizer, wave, label = step_parts(device, model_name, seconds, batch)
+    if kind == "fp8":
+        from torchao.float8 import convert_to_float8_training
+
+        convert_to_float8_training(model, module_filter_fn=lambda module, fqn: ".mlp." in f".{fqn}."
+                                   and isinstance(module, torch.nn.Linear))
+    if kind == "liger":
+        swap_norms(model, liger_norm)
+    if kind in (True, "cuda graphs", "fp8", "max-autotune"):
+        mode = {"cuda graphs": "reduce-overhead", "max-autotune": "max-autotune-no-cudagraphs"}.get(kind)
+        model.compile(fullgraph=True, dynamic=False, mode=mode)
+
+    def loss():
+        mel = mixstyle(frontend(wave))
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits, _ = model(mel)
+        return F.cross_entropy(logits.float(), label)
+
+    if kind in ("whole", "whole, no pattern matcher"):  # not fullgraph: MixStyle's draw may break the graph
+        loss = torch.compile(loss, dynamic=False, options={"pattern_matcher": kind == "whole"})
+
+    def step():
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step, frontend.frames(wave.shape[1])
+
+
+def step_parts(device: torch.device, model_name: str, seconds: float, batch: int):
+    """A training step's pieces, seeded: front-end, MixStyle, PaSST, fused Adam, and a batch on the device."""
+    torch.manual_seed(0)
+    preset = PRESETS["sit44k"]
+    frontend = MelFrontend(preset).to(device).train()
+    mixstyle = FreqMixStyle(0.4, 0.4).train()
+    model = create_model(model_name, 10, s_patchout_f=6).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5, weight_decay=1e-3, fused=True)
+    wave = torch.randn(batch, int(seconds * preset.sample_rate), device=device) * 0.1
+    label = torch.randint(10, (batch,), device=device)
+    return frontend, mixstyle, model, optimizer, wave, label
