@@ -25,7 +25,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
   loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader;
-             decoding per core (one DALI CPU thread, FLAC vs pcm16, with the bytes per clip; `decode.py`)
+             decoding per core (one DALI CPU thread, FLAC vs pcm16, with the bytes per clip; `decode.py`); the
+             augmentation's impulse-response convolution at the exact and the 7-smooth FFT length (`augment.py`)
   compiled   the compiled model steps (PaSST alone; one graph from waveform to loss; with CUDA graphs; with
              max-autotune; with FP8 MLP Linears through torchao, where it is installed and the GPU has FP8) and the
              whole trainer
@@ -54,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
+import augment
 import decode
 import gpu_corpus
 import gpu_profile
@@ -327,6 +329,18 @@ def decode_per_core(b: Bench, folder: Path, batch: int) -> None:
           samples_s=rate, mfu=None, note=f"{size / 1024:.0f} KiB / clip in the shards")
 
 
+def convolution_rate(b: Bench, batch: int, fast: bool) -> None:
+    """The training augmentation's impulse-response convolution (1-s clips, 0.25-s responses; `augment.py`)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 44100, generator=gen).to(b.device)
+    h = torch.randn(batch, 11025, generator=gen).to(b.device)
+    rate = batch / augment.seconds_per_call(x, h, fast, 2 if b.tiny else 20)
+    size = augment.fast_fft_size(55124) if fast else 55124
+    b.add(section="loader", what=f"impulse-response convolution, {'7-smooth' if fast else 'exact'} FFT length",
+          clips="1 s", batch=batch, samples_s=rate, mfu=None, note=f"{size} = {augment.factors(size)} points; "
+                                                                   "0.25-s responses")
+
+
 def write(b: Bench, out: Path) -> None:
     def rate(section, what, clips):
         return next((r["samples_s"] for r in b.rows if r["section"] == section and r["what"] == what
@@ -446,6 +460,8 @@ def throughput(b: Bench, work: Path) -> None:
             loader_rate(b, corpus["sets"][name]["shards"]["flac"], batch, "torch", threads[-1])
             for fmt in ("flac", "pcm16"):
                 decode_per_core(b, corpus["sets"][name]["shards"][fmt], batch)
+        for fast in (False, True):
+            convolution_rate(b, 8 if b.tiny else 256, fast)
     if b.fits("trainer", 60):
         trainer_run(b, corpus, 1.0, "pcm16", False, work)
     if b.fits("profile", 60):

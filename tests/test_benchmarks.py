@@ -1,4 +1,4 @@
-"""The one-call GPU benchmark runs every section end to end (`--tiny`: tiny corpus and model, on the CPU).
+"""The benchmarks run end to end (`--tiny`: tiny sizes, on the CPU); the one-call GPU benchmark runs every section.
 
 Speed is never asserted here; this checks that the script the next lent GPU will run works: corpus
 generation and packing, the model step eager, compiled, through a DeepSpeed engine and compiled from waveform
@@ -43,6 +43,8 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("model step, compiled, max-autotune (no CUDA graphs)", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), flac", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), pcm16", "10 s"),
+                        ("impulse-response convolution, exact FFT length", "1 s"),
+                        ("impulse-response convolution, 7-smooth FFT length", "1 s"),
                         ("model step, compiled waveform to loss", "1 s"),
                         ("model step, compiled, CUDA graphs (reduce-overhead)", "1 s"),
                         ("model step, compiled, FP8 MLP Linears (torchao float8)", "1 s"),
@@ -202,3 +204,16 @@ def test_the_liger_row_swaps_every_layernorm_and_keeps_the_function():
     assert gpu_step.swap_norms(model, lambda norm: Stand(norm.normalized_shape, eps=norm.eps)) == norms
     assert sum(isinstance(m, Stand) for m in model.modules()) == norms and norms == 2 * model.config.depth + 2
     torch.testing.assert_close(model(mel)[0], before, rtol=0, atol=0)
+
+
+def test_augment_benchmark_tiny_compares_both_fft_lengths(tmp_path):
+    import torch
+
+    text = tiny_benchmark("augment.py", tmp_path, timeout=300)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 6 * (2 if torch.cuda.is_available() else 1), text
+    assert {row[3] for row in rows[:3]} == {"46304 = 2 x 2 x 2 x 2 x 2 x 1447", "55124 = 2 x 2 x 13781",
+                                            "66149 = 29 x 2281"}
+    assert {row[4] for row in rows[:3]} == {"46305 = 3 x 3 x 3 x 5 x 7 x 7 x 7", "55125 = 3 x 3 x 5 x 5 x 5 x 7 x 7",
+                                            "66150 = 2 x 3 x 3 x 3 x 5 x 5 x 7 x 7"}
+    assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)

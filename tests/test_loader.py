@@ -14,7 +14,7 @@ from data_shards.manifest import load_manifest
 from data_shards.pack import PackOptions, pack
 from data_shards.sources import cochlscene
 from trainer.data import make_loader
-from trainer.data.augment import FreqMixStyle, WaveAugment, fft_convolve, load_impulse_responses
+from trainer.data.augment import FreqMixStyle, WaveAugment, fast_fft_size, fft_convolve, load_impulse_responses
 from trainer.data.epoch import plan_epoch, training_order
 
 from .helpers import read_split
@@ -272,6 +272,26 @@ def test_dir_only_touches_device_a_and_is_a_truncated_convolution(demo_root):
     assert torch.equal(WaveAugment(dir_prob=1.0, impulse_responses=irs).eval()(x, devices), x)
     with pytest.raises(FileNotFoundError, match="no impulse responses"):
         load_impulse_responses(demo_root["tau22"], 44100)
+
+
+def test_the_convolution_pads_its_ffts_to_the_next_7_smooth_length_and_stays_exact():
+    def smooth(n):
+        for p in (2, 3, 5, 7):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 400), *rng.integers(400, 700_000, 300).tolist(), 55124, 463049]:
+        expected = next(m for m in range(n, 2 * n + 1) if smooth(m))
+        assert fast_fft_size(n) == expected, n
+    assert fast_fft_size(55124) == 55125  # 1 s at 44.1 kHz and a 0.25-s response: 4 x 13781 otherwise
+    x, h = torch.randn(2, 44100, dtype=torch.float64), torch.randn(2, 11025, dtype=torch.float64)
+    full = fft_convolve(x, h)
+    assert full.shape == (2, 55124)
+    for i in range(2):
+        np.testing.assert_allclose(full[i].numpy(), np.convolve(x[i].numpy(), h[i].numpy()), atol=1e-9)
+    torch.testing.assert_close(full, fft_convolve(x, h, fast=False), rtol=0, atol=1e-9)
 
 
 def test_mixstyle_matches_the_formula():
