@@ -130,8 +130,8 @@ def _engine_run(zero: int, skip: bool, monkeypatch) -> tuple[dict, int]:
     from trainer import distributed
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1)
     config = {"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": zero}}
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, dist_init_required=False, config=config)
     reductions = []
@@ -146,21 +146,40 @@ def _engine_run(zero: int, skip: bool, monkeypatch) -> tuple[dict, int]:
     return {k: v.detach().clone() for k, v in engine.module.state_dict().items()}, len(reductions)
 
 
+def _model():
+    """Two Linears and one that forward never uses (as PaSST's head_dist): DeepSpeed's reduction zero-fills its
+    gradient, so weight decay moves it."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+            self.unused = torch.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    return Net()
+
+
 def test_one_rank_at_zero_0_skips_the_no_op_gradient_all_reduce_and_trains_bit_identically(group, monkeypatch):
     import torch
 
     lean, lean_reductions = _engine_run(0, True, monkeypatch)
     full, full_reductions = _engine_run(0, False, monkeypatch)
     assert (lean_reductions, full_reductions) == (0, 3)  # DeepSpeed's own path reduces once per optimizer step
-    torch.manual_seed(0)  # the same steps without DeepSpeed: loss / accumulation, backward twice, Adam
-    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)  # the same steps without DeepSpeed: loss / accumulation, backward twice, zero-fill, Adam
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1)
     data = torch.Generator().manual_seed(1)
     for _ in range(3):
         for _ in range(2):
             (model(torch.randn(2, 6, generator=data)).square().mean() / 2).backward()
+        model.unused.weight.grad, model.unused.bias.grad = torch.zeros(2, 2), torch.zeros(2)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     for key, value in model.state_dict().items():
         assert torch.equal(lean[key], full[key]) and torch.equal(lean[key], value), key
+    assert not torch.equal(lean["unused.weight"], _model().unused.weight.detach())  # decayed, as on several ranks
     _engine_run(1, True, monkeypatch)  # ZeRO 1 reduces in its optimizer: left alone

@@ -160,15 +160,25 @@ def skip_lone_reduction(engine) -> bool:
     """At ZeRO 0 with one data-parallel rank DeepSpeed still all-reduces every gradient at each optimizer step: it
     flattens them into one buffer, reduces it over a group of one and copies it back (two read-write passes over
     the gradients, a kernel per parameter and a gradient-sized buffer per step, none of which changes a bit).
-    Turn that path off on such an engine; gradients and weights stay bit-identical.  Returns whether it was
-    turned off (ZeRO 1-3 reduce inside their optimizers and are left alone)."""
+    Turn that path off on such an engine.  The path also gives every trainable parameter that got no gradient
+    (PaSST's `head_dist`) a zero one, which Adam's weight decay then acts on; an optimizer step pre-hook keeps
+    that, so runs on one rank and on several stay the same.  Returns whether the path was turned off (ZeRO 1-3
+    reduce inside their optimizers and are left alone)."""
     if engine.zero_optimization_stage() != 0 or engine.dp_world_size != 1:
         return False
     if not hasattr(engine, "enable_backward_allreduce"):
         raise RuntimeError("this DeepSpeed engine has no enable_backward_allreduce switch (deepspeed "
                            f"{sys.modules['deepspeed'].__version__}); install the version pyproject.toml names")
     engine.enable_backward_allreduce = False
+    engine.optimizer.register_step_pre_hook(_zero_missing_grads)
     return True
+
+
+def _zero_missing_grads(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None and p.requires_grad and p.numel():
+                p.grad = torch.zeros_like(p)
 
 
 def teardown() -> None:
