@@ -27,6 +27,19 @@ CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name
                                   r"sum|mean|where|fill|max|clamp|neg|rsqrt|tanh|erf"),
 )
 IDLE = "idle (gaps, host)"
+LEVERS = {  # what a large share of a category calls for, and the gpu.py row that measures it
+    "attention": "little at 60-130 tokens: SDPA's flash kernel already runs (FlashAttention adds nothing over compile)",
+    "GEMM": "kernel choice and precision: rows `compiled, max-autotune`, `compiled, FP8 MLP Linears`",
+    "STFT + mel": "the front-end inside the compiled graph: row `compiled waveform to loss`",
+    "optimizer": "fused Adam runs already (one kernel for all parameters); nothing cheaper keeps Adam",
+    "communication": "one GPU: nothing to reduce (`skip_lone_reduction`); several: the ZeRO stage, `train.md`",
+    "copies / gathers": "fusing patchout's gathers and the casts into their consumers: rows `compiled`, "
+                        "`compiled waveform to loss`",
+    "norm / GELU / elementwise": "fewer memory passes between GEMMs: rows `compiled` (inductor's fusions), "
+                                 "`eager, Liger LayerNorm`",
+    "other": "read the kernel names (CATEGORIES in gpu_profile.py)",
+    IDLE: "launch gaps: row `compiled, CUDA graphs`; host waits: `benchmarks/host_reads.py`",
+}
 
 
 def category(name: str) -> str:
@@ -57,7 +70,8 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int) -> 
 
 
 def markdown(results: dict[str, dict], device: str, intro: str) -> str:
-    """One column per profiled step (ms per step and share of its wall time), one row per category."""
+    """One column per profiled step (ms per step and share of its wall time), one row per category with the lever
+    a large share of it calls for."""
     labels = [label for label, _ in CATEGORIES] + ["other", IDLE]
     rows = []
     for label in labels:
@@ -65,8 +79,8 @@ def markdown(results: dict[str, dict], device: str, intro: str) -> str:
         for r in results.values():
             ms = r["by_category"].get(label, 0.0)
             cells.append(f"{ms:.2f} ({100 * ms / r['wall_ms']:.0f}%)")
-        rows.append([label, *cells])
-    rows.append(["**step wall time**", *(f"**{r['wall_ms']:.2f}**" for r in results.values())])
+        rows.append([label, *cells, LEVERS[label]])
+    rows.append(["**step wall time**", *(f"**{r['wall_ms']:.2f}**" for r in results.values()), ""])
     return (f"# Where the step's time goes: {device}\n\n{intro}\n\n"
-            + tabulate(rows, headers=["kernel time, ms per step (% of wall)", *results], tablefmt="github",
-                       disable_numparse=True) + "\n")
+            + tabulate(rows, headers=["kernel time, ms per step (% of wall)", *results, "the lever it calls for"],
+                       tablefmt="github", disable_numparse=True) + "\n")

@@ -8,6 +8,7 @@ Every result records the commit it was measured with.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     for category in ("GEMM", "attention", "norm / GELU / elementwise", "STFT + mel", "optimizer", "copies / gathers",
                      "idle (gaps, host)", "**step wall time**"):
         assert f"| {category}" in profile, (category, profile)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_profile
+
+    named = [row for lever in gpu_profile.LEVERS.values() for row in re.findall(r"`((?:compiled|eager)[^`]*)`", lever)]
+    assert len(named) >= 6 and all(f"| model step, {row}" in text for row in named), named  # the rows exist
     assert "forward and backward compiled at set-up in" in text  # model.compile logs its compile time
     assert "whole trainer / reference stack, 1-s clips:" in text and ": skipped" not in text
     # and the suite section: the plumbing on one small test file (a GPU machine runs the whole suite)
