@@ -15,7 +15,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
              already on the device; eager and torch.compile'd; 1-s clips at batch 256, 10-s at batch 64; the
              same eager step through a DeepSpeed engine at ZeRO 0 (what the engine costs per step), as the trainer
              runs it and with DeepSpeed's no-op one-rank gradient all-reduce kept; eager with Liger's LayerNorm
-             kernel in place of every nn.LayerNorm (where liger-kernel is installed)
+             kernel in place of every nn.LayerNorm (where liger-kernel is installed); eager after the TAU stage's
+             waveform augmentation (roll, impulse responses), which the 1-s trainer row runs and the step does not
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
@@ -180,7 +181,7 @@ def model_step(b: Bench, seconds: float, batch: int, kind: bool | str) -> None:
     rate = b.rate(step, batch, warmup=2)
     b.add(section="model", what=f"model step, {name}", clips=f"{seconds:g} s",
           batch=batch, samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=b.peak(),
-          note=f"first step {first:.0f} s (compilation)" if kind and kind != "liger" else "")
+          note=f"first step {first:.0f} s (compilation)" if kind in gpu_step.COMPILED else "")
 
 
 ENGINES = {True: "DeepSpeed engine ZeRO 0", False: "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"}
@@ -363,6 +364,10 @@ def write(b: Bench, out: Path) -> None:
         if bare and engine:
             checks.append(f"- {ENGINES[lean]} / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
                           f"**{100 * engine / bare:.0f}%**")
+    augmented = rate("model", f"model step, {gpu_step.KINDS['augmented']}", "1 s")
+    if bare and augmented:
+        checks.append(f"- the TAU waveform augmentation (roll, impulse responses), 1-s clips: step with it / without: "
+                      f"{augmented:.0f} / {bare:.0f} = **{100 * augmented / bare:.0f}%**")
     ours = rate("trainer", "whole trainer, flac", "1 s")
     ref = rate("reference", "reference stack, whole step", "1 s")
     if ours and ref:
@@ -431,6 +436,7 @@ def throughput(b: Bench, work: Path) -> None:
         for lean in (True, False):
             engine_step(b, *steps[0], lean)
         model_step(b, *steps[0], kind="liger")  # a kernel library's norm against eager's (and compile's, below)
+        model_step(b, *steps[0], kind="augmented")  # what the trainer's 1-s (TAU) row does beyond the model step
     if b.fits("eval", 20):
         for seconds, batch in steps:
             eval_rate(b, seconds, batch)

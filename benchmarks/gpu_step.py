@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainer.data.augment import FreqMixStyle
+from trainer.data.augment import FreqMixStyle, WaveAugment
 from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model
 
@@ -19,7 +19,10 @@ KINDS = {  # build_step's `kind` -> the row's name
     "fp8": "compiled, FP8 MLP Linears (torchao float8)",  # the fc1 / fc2 of every block; the rest bf16
     "max-autotune": "compiled, max-autotune (no CUDA graphs)",  # inductor benchmarks GEMM / kernel configs
     "liger": "eager, Liger LayerNorm",  # every nn.LayerNorm as Liger's Triton kernel: a library's fused norm
+    "augmented": "eager, + TAU waveform augmentation",  # the trainer's roll and impulse responses before the step
 }
+COMPILED = (True, "whole", "whole, no pattern matcher", "cuda graphs", "fp8", "max-autotune")  # kinds that compile
+TAU_AUGMENT = dict(roll=4000, dir_prob=0.6, responses=66, response_seconds=0.25)  # configs/tau.yaml; MicIRP's count
 
 
 def swap_norms(model: torch.nn.Module, make) -> int:
@@ -78,8 +81,10 @@ def build_step(device: torch.device, model_name: str, seconds: float, batch: int
         mode = {"cuda graphs": "reduce-overhead", "max-autotune": "max-autotune-no-cudagraphs"}.get(kind)
         model.compile(fullgraph=True, dynamic=False, mode=mode)
 
+    augment = (lambda audio: audio) if kind != "augmented" else tau_augment(device, batch, frontend.config.sample_rate)
+
     def loss():
-        mel = mixstyle(frontend(wave))
+        mel = mixstyle(frontend(augment(wave)))
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits, _ = model(mel)
         return F.cross_entropy(logits.float(), label)
@@ -93,6 +98,17 @@ def build_step(device: torch.device, model_name: str, seconds: float, batch: int
         optimizer.zero_grad(set_to_none=True)
 
     return step, frontend.frames(wave.shape[1])
+
+
+def tau_augment(device: torch.device, batch: int, rate: int):
+    """The TAU stage's waveform augmentation (`WaveAugment`: roll, device impulse responses; devices drawn as
+    TAU's six training devices, `a` first), on synthetic decaying responses of MicIRP's count."""
+    a = TAU_AUGMENT
+    n = int(a["response_seconds"] * rate)
+    responses = torch.randn(a["responses"], n) * torch.exp(-torch.arange(n) / (0.05 * rate))
+    module = WaveAugment(roll=a["roll"], dir_prob=a["dir_prob"], impulse_responses=responses).to(device).train()
+    devices = torch.randint(6, (batch,), device=device)
+    return lambda audio: module(audio, devices)
 
 
 def step_parts(device: torch.device, model_name: str, seconds: float, batch: int):

@@ -41,6 +41,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("model step, eager, DeepSpeed engine ZeRO 0", "1 s"),
                         ("model step, eager, DeepSpeed engine ZeRO 0, one-rank all-reduce kept", "1 s"),
                         ("model step, eager, Liger LayerNorm", "1 s"),
+                        ("model step, eager, + TAU waveform augmentation", "1 s"),
                         ("model step, compiled, max-autotune (no CUDA graphs)", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), flac", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), pcm16", "10 s"),
@@ -61,6 +62,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     assert "not measured: liger-kernel is not installed" in text or "not measured: Liger's Triton kernels need" in text
     assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine ZeRO 0 / bare model step, 1-s clips" in text
     assert "DeepSpeed engine ZeRO 0, one-rank all-reduce kept / bare model step" in text
+    assert "- the TAU waveform augmentation (roll, impulse responses), 1-s clips: step with it / without" in text
     assert "- 1 s clips: pcm16 decodes" in text and "cores per GPU for 3x headroom" in text
     # the profile section: both steps, every category, the wall time they add up to
     profile = (tmp_path / "gpu_profile.md").read_text()
