@@ -68,6 +68,7 @@ def test_unknown_stage_lists_the_stages():
     ("train.micro_batch=3", 1, r"train.global_batch=8 is not a multiple of train.micro_batch=3 x 1"),
     ("optim.method=slow", 1, r"optim.method='slow' is not one of sit, seq_ft, standard_ft"),
     ("train.zero_stage=3", 1, r"train.zero_stage=3 is not one of 0, 1, 2"),
+    ("train.precision=fp8", 1, r"train.precision='fp8' is not one of bf16, fp32, auto"),  # not offered: unmeasured
     ("head_init=xavier", 1, r"head_init='xavier' is not one of trunc_normal, torch_default"),
     ("model.long_clips=last", 1, r"model.long_clips='last' is not one of windows, first"),
     ("data.train_split=split7", 1, r"data.train_split='split7': .* has splits train, val, test"),
