@@ -64,6 +64,7 @@ import gpu_step
 import gpu_suite
 import reference_stack
 from machine import device_name, source_commit
+from trainer.config import deepspeed_config, load_config
 from trainer.data import make_loader
 from trainer.engine import compile_failure
 from trainer.model.frontend import PRESETS, MelFrontend
@@ -199,10 +200,9 @@ def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
     try:
         b.fresh_memory()
         frontend, mixstyle, model, optimizer, wave, label = gpu_step.step_parts(b.device, b.model, seconds, batch)
-        config = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "gradient_accumulation_steps": 1,
-                  "zero_optimization": {"stage": 0}, "steps_per_print": 2**31 - 1, "wall_clock_breakdown": False,
-                  "timers": {"throughput": {"enabled": False, "synchronized": False}},
-                  "torch_autocast": {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}}
+        stage = load_config("tau", [f"train.global_batch={batch}", f"train.micro_batch={batch}",
+                                    "train.precision=bf16", "train.zero_stage=0"])
+        config = deepspeed_config(stage, 1)  # the trainer's JSON (no clipping: DeepSpeed's default would clip at 1)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, dist_init_required=False)
         if lean:
             distributed.skip_lone_reduction(engine)
