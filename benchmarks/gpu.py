@@ -29,8 +29,8 @@ Sections, in the order they run (each skipped with a note once `--budget` second
              decoding per core (one DALI CPU thread, FLAC vs pcm16, with the bytes per clip; `decode.py`); the
              augmentation's impulse-response convolution at the exact and the 7-smooth FFT length (`augment.py`)
   compiled   the compiled model steps (PaSST alone; one graph from waveform to loss; with CUDA graphs; with
-             max-autotune; with FP8 MLP Linears through torchao, where it is installed and the GPU has FP8) and the
-             whole trainer
+             max-autotune; with FP8 MLP Linears through torchao, where it is installed and the GPU has FP8), the
+             whole trainer and evaluation / prediction with PaSST compiled
   suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
 Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).  A lever that fails
@@ -221,12 +221,15 @@ def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
         distributed.teardown()
 
 
-def eval_rate(b: Bench, seconds: float, batch: int) -> None:
-    """Evaluation / prediction: front-end + PaSST in eval mode (no patchout; long clips windowed), bf16, no grad."""
+def eval_rate(b: Bench, seconds: float, batch: int, compiled: bool = False) -> None:
+    """Evaluation / prediction: front-end + PaSST in eval mode (no patchout; long clips windowed), bf16, no grad;
+    compiled: PaSST's forward as the trainer compiles it (what its evaluation runs with model.compile on)."""
     b.fresh_memory()
     preset = PRESETS["sit44k"]
     frontend = MelFrontend(preset).to(b.device).eval()
     model = create_model(b.model, 10, s_patchout_f=6).to(b.device).eval()
+    if compiled:
+        model.compile(fullgraph=True, dynamic=False)
     wave = torch.randn(batch, int(seconds * preset.sample_rate), device=b.device) * 0.1
 
     @torch.no_grad()
@@ -235,8 +238,8 @@ def eval_rate(b: Bench, seconds: float, batch: int) -> None:
             model(frontend(wave))
 
     rate = b.rate(forward, batch, warmup=1)
-    b.add(section="eval", what="evaluation / prediction, eager", clips=f"{seconds:g} s", batch=batch,
-          samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
+    b.add(section="eval", what=f"evaluation / prediction, {'compiled' if compiled else 'eager'}", clips=f"{seconds:g} s",
+          batch=batch, samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
 
 
 def profile_steps(b: Bench, out: Path) -> None:
@@ -486,6 +489,9 @@ def throughput(b: Bench, work: Path) -> None:
             model_step(b, *steps[0], kind=lever)
     if b.fits("compiled", 150):
         trainer_run(b, corpus, 10.0, "flac", True, work)
+    if b.fits("compiled", 90):
+        for seconds, batch in steps:
+            eval_rate(b, seconds, batch, compiled=True)
     if b.fits("compiled", 300):  # last: benchmarking kernel configurations takes minutes
         model_step(b, *steps[0], kind="max-autotune")
 

@@ -38,6 +38,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("whole trainer, flac", "10 s"), ("whole trainer, pcm16", "1 s"),
                         ("whole trainer, flac, compiled", "1 s"), ("whole trainer, flac, compiled", "10 s"),
                         ("evaluation / prediction, eager", "1 s"), ("evaluation / prediction, eager", "10 s"),
+                        ("evaluation / prediction, compiled", "1 s"), ("evaluation / prediction, compiled", "10 s"),
                         ("model step, eager, DeepSpeed engine ZeRO 0", "1 s"),
                         ("model step, eager, DeepSpeed engine ZeRO 0, one-rank all-reduce kept", "1 s"),
                         ("model step, eager, Liger LayerNorm", "1 s"),
