@@ -226,3 +226,15 @@ def test_augment_benchmark_tiny_compares_both_fft_lengths(tmp_path):
     assert {row[4] for row in rows[:3]} == {"46305 = 3 x 3 x 3 x 5 x 7 x 7 x 7", "55125 = 3 x 3 x 5 x 5 x 5 x 7 x 7",
                                             "66150 = 2 x 3 x 3 x 3 x 5 x 5 x 7 x 7"}
     assert all(float(row[5]) > 0 and float(row[6]) > 0 for row in rows)
+
+
+def test_engine_benchmark_tiny_measures_the_reduction_and_three_steps(tmp_path):
+    text = tiny_benchmark("engine.py", tmp_path, timeout=300)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [row[0] for row in rows] == ["reduction"] + ["step, 40 x Linear(64, 64), batch 32"] * 3, text
+    assert "passt_micro's" in rows[0][1] and float(rows[0][2]) > 0
+    assert [row[1] for row in rows[1:]] == ["bare torch (forward, backward, fused Adam)",
+                                            "DeepSpeed engine ZeRO 0, as the trainer runs it",
+                                            "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"]
+    assert rows[2][3].endswith("ms over bare torch") and rows[3][3].endswith("ms over bare torch")
+
