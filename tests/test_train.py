@@ -202,6 +202,7 @@ def test_zero_stages_agree(trainable, work, reference, launcher, stage):
                *args]
     done = run_command(cmd)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "no gradient all-reduce" not in done.stdout + done.stderr  # two ranks reduce (one rank skips it)
     ds = json.loads((work["runs"] / "cochl" / name / "deepspeed.json").read_text())
     assert (ds["zero_optimization"]["stage"], ds["gradient_accumulation_steps"]) == (stage, 2)  # 2 ranks
     a = pd.read_csv(reference / "steps.csv")
@@ -227,6 +228,7 @@ def test_the_demo_runs_where_it_is_and_its_first_line_says_how(trainable, tmp_pa
     else:
         assert "1 rank(s) on cpu (gloo)" in first and "precision: float32" in first, first
         assert "dali loader on cpu" in first, first
+    assert "ZeRO 0 (one rank: no gradient all-reduce)" in first, first  # DeepSpeed's no-op reduction is skipped
     saved = (tmp_path / "cochl" / "demo" / "config.yaml").read_text()
     assert f"precision: {'bf16' if device == 'cuda' else 'fp32'}" in saved  # the choice, not 'auto'
 

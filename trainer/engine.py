@@ -156,7 +156,7 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                     config=deepspeed_config(cfg, d.world_size),
                                                     dist_init_required=False)
-        distributed.skip_lone_reduction(self.engine)  # one GPU: no gradient all-reduce (nothing to reduce)
+        lone = distributed.skip_lone_reduction(self.engine)  # one GPU: no gradient all-reduce (nothing to reduce)
         # Resume: engine, optimizer, scheduler, RNG and data position of the newest checkpoint, on any world size.
         resumed = checkpoint.load(self.engine, self.ckpt_dir, d.rank, d.world_size) if cfg.run.resume == "auto" else None
         state = resumed.client_state if resumed else None
@@ -170,10 +170,11 @@ class Trainer:
                              resume_epoch=self.progress.epoch,
                              wandb_project=cfg.run.wandb_project if cfg.run.wandb else None, config=to_dict(cfg))
         plan = self.train_loader.plan
-        log.info("run %s | %d rank(s) on %s (%s), ZeRO %d, precision: %s | global batch %d = %d micro x %d "
+        log.info("run %s | %d rank(s) on %s (%s), ZeRO %d%s, precision: %s | global batch %d = %d micro x %d "
                  "accumulation x %d rank(s) | %s: %d train samples -> %d steps/epoch x %d epochs | val %s, test %d | "
                  "%s loader on %s, %d thread(s) | %s %.1fM params%s, %s, lr %s | %s | %s", self.run_dir, d.world_size,
-                 d.device.type, d.backend, cfg.train.zero_stage, precision_in_effect(self.engine),
+                 d.device.type, d.backend, cfg.train.zero_stage, " (one rank: no gradient all-reduce)" if lone else "",
+                 precision_in_effect(self.engine),
                  cfg.train.global_batch, cfg.train.micro_batch, self.accumulation, d.world_size, cfg.data.dataset,
                  plan.num_samples, plan.steps, cfg.train.epochs,
                  self.val_loader.plan.num_samples if self.val_loader else "- (the last epoch is kept)",
