@@ -175,6 +175,7 @@ def skip_lone_reduction(engine) -> bool:
 
 
 def _zero_missing_grads(optimizer, args, kwargs) -> None:
+    """What DeepSpeed's reduction path does before it flattens: a zero gradient for each unused trainable parameter."""
     for group in optimizer.param_groups:
         for p in group["params"]:
             if p.grad is None and p.requires_grad and p.numel():
