@@ -9,18 +9,16 @@ with dir_prob > 0: every row, the chosen ones kept), the median of `--repeats` t
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
 from machine import device_name, source_commit
-from trainer.data.augment import fast_fft_size, fft_convolve  # noqa: F401 (gpu.py uses fast_fft_size from here)
+from bench import arguments, median_seconds
+from trainer.data.augment import fast_fft_size, fft_convolve
 
 RATE = 44100
 
@@ -35,40 +33,23 @@ def factors(n: int) -> str:
     return " x ".join(map(str, out + ([n] if n > 1 else [])))
 
 
-def seconds_per_call(x: torch.Tensor, h: torch.Tensor, fast: bool, repeats: int) -> float:
-    def sync():
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-
-    times = []
-    for i in range(repeats + 2):
-        sync()
-        start = time.perf_counter()
-        fft_convolve(x, h, fast)
-        sync()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="small batches, few repeats: a smoke test")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "augment.md")
+    ap = arguments(__doc__, "augment.md", "small batches, few repeats", 7)
     args = ap.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     repeats = 2 if args.tiny else args.repeats
     rows = []
     for device in devices:
         cpu = device.type == "cpu"
-        for clip, batch in ((1.0, 4 if args.tiny else (32 if cpu else 256)), (10.0, 2 if args.tiny else (4 if cpu else 64))):
+        sizes = ((1.0, 32 if cpu else 256), (10.0, 4 if cpu else 64)) if not args.tiny else ((1.0, 4), (10.0, 2))
+        for clip, batch in sizes:
             for ir in (0.05, 0.25, 0.5):
                 gen = torch.Generator().manual_seed(0)
                 x = torch.randn(batch, int(clip * RATE), generator=gen).to(device)
                 h = torch.randn(batch, int(ir * RATE), generator=gen).to(device)
                 size = x.shape[1] + h.shape[1] - 1
-                exact, fast = (seconds_per_call(x, h, f, repeats) for f in (False, True))
+                exact, fast = (median_seconds(lambda f=f: fft_convolve(x, h, f), repeats, device)
+                               for f in (False, True))
                 rows.append([device_name(device, threads=cpu), f"{clip:g} s x {batch}", f"{ir:g} s",
                              f"{size} = {factors(size)}", f"{fast_fft_size(size)} = {factors(fast_fft_size(size))}",
                              f"{1e3 * exact:.2f}", f"{1e3 * fast:.2f}", f"{exact / fast:.2f}"])

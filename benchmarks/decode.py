@@ -11,7 +11,6 @@ epoch, side by side in one run; bytes per clip are the shards' bytes over their 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import statistics
@@ -24,6 +23,7 @@ import torch
 from tabulate import tabulate
 
 import gpu_corpus
+from bench import arguments
 from machine import device_name, source_commit
 from trainer.data import make_loader
 from trainer.data.dataset import open_dataset
@@ -72,12 +72,9 @@ def summary(rows: dict, target: float | None = None, whose: str = "") -> list[st
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="a few clips: a smoke test")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap = arguments(__doc__, "decode.md", "a few clips", 3)
     ap.add_argument("--target", type=float, default=9800.0,
                     help="clips/s one GPU's trainer should consume (1-s clips); default: the 5x goal on the H200")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode.md")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
     specs = gpu_corpus.sizes(True) if args.tiny else [gpu_corpus.SetSpec("short", 4096, 1.0, 10, 16, True),

@@ -12,39 +12,20 @@ The engine takes the trainer's generated DeepSpeed JSON (no clipping, no timers)
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
 from machine import device_name, source_commit
+from bench import arguments, median_seconds
 from trainer import distributed
 from trainer.config import deepspeed_config, load_config
 from trainer.model.passt import create_model
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def median_seconds(call, repeats: int, device: torch.device) -> float:
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        call()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def engine(model: torch.nn.Module, batch: int, lean: bool):
@@ -66,10 +47,7 @@ def mlp(device: torch.device) -> torch.nn.Module:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tiny", action="store_true", help="passt_micro and few repeats: a smoke test")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engine.md")
+    ap = arguments(__doc__, "engine.md", "passt_micro and few repeats", 7)
     args = ap.parse_args()
     info = distributed.setup("auto")
     device, repeats = info.device, 2 if args.tiny else args.repeats
@@ -80,7 +58,7 @@ def main() -> None:
         for p in passt.module.parameters():
             p.grad = torch.randn_like(p)
         count = sum(p.numel() for p in passt.module.parameters())
-        seconds = median_seconds(passt.allreduce_gradients, repeats, device)
+        seconds = median_seconds(passt.allreduce_gradients, repeats, device, warmup=3)
         rows.append(["reduction", f"DeepSpeed's one-rank all-reduce of {name}'s {count / 1e6:.2f}M gradients",
                      f"{1e3 * seconds:.2f}", "what skip_lone_reduction removes from every optimizer step"])
         x = torch.randn(32, 64, device=device)
@@ -102,7 +80,7 @@ def main() -> None:
 
             steps["DeepSpeed engine ZeRO 0, as the trainer runs it" if lean else
                   "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"] = step
-        times = {what: median_seconds(call, 20 * repeats, device) for what, call in steps.items()}
+        times = {what: median_seconds(call, 20 * repeats, device, warmup=3) for what, call in steps.items()}
         bare_key = next(iter(steps))
         for what, seconds in times.items():
             rows.append(["step, 40 x Linear(64, 64), batch 32", what, f"{1e3 * seconds:.2f}",

@@ -63,9 +63,11 @@ import gpu_profile
 import gpu_step
 import gpu_suite
 import reference_stack
+from bench import median_seconds
 from machine import device_name, source_commit
 from trainer.config import deepspeed_config, load_config
 from trainer.data import make_loader
+from trainer.data.augment import fast_fft_size, fft_convolve
 from trainer.engine import compile_failure
 from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model, flops_per_sample
@@ -93,8 +95,10 @@ class Bench:
         return self.args.budget - (time.perf_counter() - self.started)
 
     def fits(self, section: str, needs: float) -> bool:
+        """Whether `section` was asked for and ~`needs` seconds (on a GPU; a tenth of it --tiny) are left."""
         if section not in self.args.sections:
             return False
+        needs = needs / 10 if self.tiny else needs
         if self.left() < needs:
             self.notes.append(f"{section}: skipped, {self.left():.0f} s of the {self.args.budget:.0f} s budget left "
                               f"(needs ~{needs:.0f} s); run again with --sections {section}")
@@ -215,8 +219,8 @@ def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
         rate = b.rate(step, batch, warmup=2)
         b.add(section="model", what=f"model step, eager, {ENGINES[lean]}", clips=f"{seconds:g} s",
               batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(wave.shape[1])), peak_gib=b.peak(),
-              note="as the trainer runs it, one rank" if lean else "DeepSpeed's default: every step flattens the "
-                                                                   "gradients, all-reduces them over one rank, copies back")
+              note="as the trainer runs it, one rank" if lean else
+              "DeepSpeed's default: every step flattens the gradients, all-reduces them over one rank, copies back")
     finally:
         distributed.teardown()
 
@@ -238,8 +242,8 @@ def eval_rate(b: Bench, seconds: float, batch: int, compiled: bool = False) -> N
             model(frontend(wave))
 
     rate = b.rate(forward, batch, warmup=1)
-    b.add(section="eval", what=f"evaluation / prediction, {'compiled' if compiled else 'eager'}", clips=f"{seconds:g} s",
-          batch=batch, samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
+    b.add(section="eval", what=f"evaluation / prediction, {'compiled' if compiled else 'eager'}",
+          clips=f"{seconds:g} s", batch=batch, samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
 
 
 def profile_steps(b: Bench, out: Path) -> None:
@@ -339,8 +343,8 @@ def convolution_rate(b: Bench, batch: int, fast: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 44100, generator=gen).to(b.device)
     h = torch.randn(batch, 11025, generator=gen).to(b.device)
-    rate = batch / augment.seconds_per_call(x, h, fast, 2 if b.tiny else 20)
-    size = augment.fast_fft_size(55124) if fast else 55124
+    rate = batch / median_seconds(lambda: fft_convolve(x, h, fast), 2 if b.tiny else 20, b.device)
+    size = fast_fft_size(55124) if fast else 55124
     b.add(section="loader", what=f"impulse-response convolution, {'7-smooth' if fast else 'exact'} FFT length",
           clips="1 s", batch=batch, samples_s=rate, mfu=None, note=f"{size} = {augment.factors(size)} points; "
                                                                    "0.25-s responses")
