@@ -8,7 +8,9 @@ Everything fits one 10-minute call except the compiled rows (torch.compile of Pa
 are skipped with a note when the budget runs out; a second call in the same lease adds them:
     python benchmarks/gpu.py --sections compiled --append --out benchmarks/results/gpu.md
 
-Sections, in the order they run (each skipped with a note once `--budget` seconds would be exceeded):
+Sections (each row skipped with a note once `--budget` seconds would be exceeded).  They run interleaved, what the
+targets are judged on first (1-s clips: model step and whole trainer, eager and compiled, the reference stack, the
+loader's headroom, the profile), then the levers and the 10-s rows, max-autotune last:
   corpus     16k 1-s + 2k 10-s 44.1 kHz clips as WAV, packed as FLAC and as pcm16 (`gpu_corpus.py`)
   peak       the bf16 matmul ceiling of this device (8192^3), the denominator of every MFU
   model      our model step: mel front-end + MixStyle + PaSST-S (SDPA) + fused Adam, bf16 autocast, on a batch
@@ -332,7 +334,7 @@ def loader_rate(b: Bench, folder: Path, batch: int, backend: str, threads: int) 
 def decode_per_core(b: Bench, folder: Path, batch: int) -> None:
     """The CPU half of the loader on one thread (read, decode, crop; `decode.py`): what one core gives a GPU."""
     fmt, clips = folder.name.split("_")[1], "1 s" if folder.name.startswith("short") else "10 s"
-    rate, size = decode.decode_rate(folder, batch, 1), decode.bytes_per_clip(folder)
+    rate, size = decode.decode_rate(folder, batch, 1, warmup=False), decode.bytes_per_clip(folder)  # one epoch
     b.facts.setdefault("decode", {})[clips, fmt] = {"per_core": rate, "bytes": size}
     b.add(section="loader", what=f"decode per core (DALI CPU, 1 thread), {fmt}", clips=clips, batch=batch,
           samples_s=rate, mfu=None, note=f"{size / 1024:.0f} KiB / clip in the shards")
@@ -437,67 +439,82 @@ def throughput(b: Bench, work: Path) -> None:
     print(b.facts["corpus"], flush=True)
     measure_peak(b)
     steps = [(1.0, 8 if b.tiny else 256), (10.0, 4 if b.tiny else 64)]
+    short, long = steps
+    threads = [1, 2] if b.tiny else sorted({4, 8, b.cpus - 1})  # DALI threads / torch workers of the loader rows
+    # First what the targets are judged on (1-s clips): model step and whole trainer, eager and compiled, the
+    # reference stack, the loader's headroom and the profile; then the levers and the 10-s rows.
+    step_and_trainer(b, corpus, work, *short)
+    if b.fits("reference", 45):
+        reference_rows(b, corpus)
+    if b.fits("loader", 30):
+        dali_loader_rows(b, corpus["sets"]["short"]["shards"], short[1], threads)
+    if b.fits("profile", 60):
+        profile_steps(b, b.args.out)
     if b.fits("model", 30):
-        for seconds, batch in steps:
-            model_step(b, seconds, batch, kind=False)
         for lean in (True, False):
-            engine_step(b, *steps[0], lean)
-        model_step(b, *steps[0], kind="liger")  # a kernel library's norm against eager's (and compile's, below)
-        model_step(b, *steps[0], kind="augmented")  # what the trainer's 1-s (TAU) row does beyond the model step
+            engine_step(b, *short, lean)
+        model_step(b, *short, kind="liger")  # a kernel library's norm against eager's and compile's
+        model_step(b, *short, kind="augmented")  # what the trainer's 1-s (TAU) row does beyond the model step
+    if b.fits("compiled", 150):
+        model_step(b, *short, kind="whole")
+    for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs
+        if b.fits("compiled", 150):
+            model_step(b, *short, kind=lever)
     if b.fits("eval", 20):
         for seconds, batch in steps:
             eval_rate(b, seconds, batch)
-    if b.fits("trainer", 60):
-        trainer_run(b, corpus, 1.0, "flac", False, work)
-    if b.fits("reference", 45):
-        short = corpus["sets"]["short"]
-        train = [r for r in short["rows"] if r["split"] == "train"]
-        paths = [corpus["wav"] / r["path"] for r in train]
-        labels = [int(r["label"][5:]) for r in train]
-        workers = 1 if b.tiny else min(14, b.cpus - 2)
-        r = reference_stack.measure(paths, labels, num_classes=10, sample_rate=44100, samples=44100,
-                                    batch=8 if b.tiny else 256, workers=workers, steps=2 if b.tiny else 30,
-                                    warmup=1 if b.tiny else 5, tiny=b.tiny, device=b.device)
-        frames = MelFrontend(PRESETS["sit44k"]).frames(44100)
-        b.add(section="reference", what="reference stack, whole step", clips="1 s", batch=8 if b.tiny else 256,
-              samples_s=r["whole"], mfu=b.mfu(r["whole"], frames), note=f"{r['workers']} DataLoader workers")
-        b.add(section="reference", what="reference stack, model step", clips="1 s", batch=8 if b.tiny else 256,
-              samples_s=r["model"], mfu=b.mfu(r["model"], frames), note="hear21passt PaSST + mel, Adam")
-    if b.fits("trainer", 60):
-        trainer_run(b, corpus, 10.0, "flac", False, work)
     if b.fits("loader", 45):
-        threads = [1, 2] if b.tiny else sorted({4, 8, b.cpus - 1})
-        for name, batch in (("short", 8 if b.tiny else 256), ("long", 4 if b.tiny else 64)):
-            for fmt in ("flac", "pcm16"):
-                for n in threads if fmt == "flac" else threads[:1]:
-                    loader_rate(b, corpus["sets"][name]["shards"][fmt], batch, "dali", n)
+        dali_loader_rows(b, corpus["sets"]["long"]["shards"], long[1], threads)
+        for name, batch in (("short", short[1]), ("long", long[1])):
             loader_rate(b, corpus["sets"][name]["shards"]["flac"], batch, "torch", threads[-1])
+        for name, batch in (("short", short[1]), ("long", long[1])):
             for fmt in ("flac", "pcm16"):
                 decode_per_core(b, corpus["sets"][name]["shards"][fmt], batch)
         for fast in (False, True):
-            convolution_rate(b, 8 if b.tiny else 256, fast)
+            convolution_rate(b, short[1], fast)
     if b.fits("trainer", 60):
         trainer_run(b, corpus, 1.0, "pcm16", False, work)
-    if b.fits("profile", 60):
-        profile_steps(b, b.args.out)
-    if b.fits("compiled", 150):
-        model_step(b, *steps[0], kind=True)
-    if b.fits("compiled", 120):
-        trainer_run(b, corpus, 1.0, "flac", True, work)
-    if b.fits("compiled", 60):
-        model_step(b, *steps[1], kind=True)
-    if b.fits("compiled", 150):
-        model_step(b, *steps[0], kind="whole")
-    for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs
-        if b.fits("compiled", 150):
-            model_step(b, *steps[0], kind=lever)
-    if b.fits("compiled", 150):
-        trainer_run(b, corpus, 10.0, "flac", True, work)
+    step_and_trainer(b, corpus, work, *long)
     if b.fits("compiled", 90):
         for seconds, batch in steps:
             eval_rate(b, seconds, batch, compiled=True)
     if b.fits("compiled", 300):  # last: benchmarking kernel configurations takes minutes
-        model_step(b, *steps[0], kind="max-autotune")
+        model_step(b, *short, kind="max-autotune")
+
+
+def step_and_trainer(b: Bench, corpus: dict, work: Path, seconds: float, batch: int) -> None:
+    """The model step and the whole trainer (FLAC) on `seconds`-long clips, eager and compiled."""
+    if b.fits("model", 30):
+        model_step(b, seconds, batch, kind=False)
+    if b.fits("compiled", 150):
+        model_step(b, seconds, batch, kind=True)
+    if b.fits("trainer", 60):
+        trainer_run(b, corpus, seconds, "flac", False, work)
+    if b.fits("compiled", 150):
+        trainer_run(b, corpus, seconds, "flac", True, work)
+
+
+def dali_loader_rows(b: Bench, shards: dict, batch: int, threads: list[int]) -> None:
+    """The DALI loader + mel on FLAC at each thread count, and on pcm16 at the fewest."""
+    for n in threads:
+        loader_rate(b, shards["flac"], batch, "dali", n)
+    loader_rate(b, shards["pcm16"], batch, "dali", threads[0])
+
+
+def reference_rows(b: Bench, corpus: dict) -> None:
+    """hear21passt's stack on the 1-s WAV files: the whole step and its model step."""
+    rows = [r for r in corpus["sets"]["short"]["rows"] if r["split"] == "train"]
+    paths = [corpus["wav"] / r["path"] for r in rows]
+    labels = [int(r["label"][5:]) for r in rows]
+    batch = 8 if b.tiny else 256
+    r = reference_stack.measure(paths, labels, num_classes=10, sample_rate=44100, samples=44100, batch=batch,
+                                workers=1 if b.tiny else min(14, b.cpus - 2), steps=2 if b.tiny else 30,
+                                warmup=1 if b.tiny else 5, tiny=b.tiny, device=b.device)
+    frames = MelFrontend(PRESETS["sit44k"]).frames(44100)
+    b.add(section="reference", what="reference stack, whole step", clips="1 s", batch=batch, samples_s=r["whole"],
+          mfu=b.mfu(r["whole"], frames), note=f"{r['workers']} DataLoader workers")
+    b.add(section="reference", what="reference stack, model step", clips="1 s", batch=batch, samples_s=r["model"],
+          mfu=b.mfu(r["model"], frames), note="hear21passt PaSST + mel, Adam")
 
 
 def main() -> None:
