@@ -93,7 +93,7 @@ def main() -> None:
                 table.append([clips, fmt, batch, f"{one:.0f}", f"{every:.0f}", f"{every / one:.2f}",
                               f"{rows[clips, fmt]['bytes'] / 1024:.1f}"])
                 print(table[-1], flush=True)
-    train = {name: spec.count - 2 * spec.held_out for name, spec in ((s.name, s) for s in specs)}
+    train = {s.name: s.count - 2 * s.held_out for s in specs}
     text = (f"# Decoding per CPU core: FLAC against pcm16\n\nMeasured {datetime.date.today().isoformat()} on "
             f"{device_name(torch.device('cpu'))} (project at {source_commit(Path(__file__).resolve().parent.parent)}) "
             f"with `python benchmarks/decode.py {' '.join(sys.argv[1:])}`: the "

@@ -65,7 +65,6 @@ import gpu_profile
 import gpu_step
 import gpu_suite
 import reference_stack
-from bench import median_seconds
 from machine import device_name, source_commit
 from trainer.config import deepspeed_config, load_config
 from trainer.data import make_loader
@@ -345,8 +344,9 @@ def convolution_rate(b: Bench, batch: int, fast: bool) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 44100, generator=gen).to(b.device)
     h = torch.randn(batch, 11025, generator=gen).to(b.device)
-    rate = batch / median_seconds(lambda: fft_convolve(x, h, fast), 2 if b.tiny else 20, b.device)
-    size = fast_fft_size(55124) if fast else 55124
+    rate = b.rate(lambda: fft_convolve(x, h, fast), batch, warmup=2)
+    size = x.shape[1] + h.shape[1] - 1
+    size = fast_fft_size(size) if fast else size
     b.add(section="loader", what=f"impulse-response convolution, {'7-smooth' if fast else 'exact'} FFT length",
           clips="1 s", batch=batch, samples_s=rate, mfu=None, note=f"{size} = {augment.factors(size)} points; "
                                                                    "0.25-s responses")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.config import load_config
 from trainer.data.augment import FreqMixStyle, WaveAugment
 from trainer.model.frontend import PRESETS, MelFrontend
 from trainer.model.passt import create_model
@@ -22,7 +23,7 @@ KINDS = {  # build_step's `kind` -> the row's name
     "augmented": "eager, + TAU waveform augmentation",  # the trainer's roll and impulse responses before the step
 }
 COMPILED = (True, "whole", "whole, no pattern matcher", "cuda graphs", "fp8", "max-autotune")  # kinds that compile
-TAU_AUGMENT = dict(roll=4000, dir_prob=0.6, responses=66, response_seconds=0.25)  # configs/tau.yaml; MicIRP's count
+MICIRP = dict(responses=66, seconds=0.25)  # the MicIRP set's count; a typical response length
 
 
 def swap_norms(model: torch.nn.Module, make) -> int:
@@ -101,12 +102,14 @@ def build_step(device: torch.device, model_name: str, seconds: float, batch: int
 
 
 def tau_augment(device: torch.device, batch: int, rate: int):
-    """The TAU stage's waveform augmentation (`WaveAugment`: roll, device impulse responses; devices drawn as
-    TAU's six training devices, `a` first), on synthetic decaying responses of MicIRP's count."""
-    a = TAU_AUGMENT
-    n = int(a["response_seconds"] * rate)
-    responses = torch.randn(a["responses"], n) * torch.exp(-torch.arange(n) / (0.05 * rate))
-    module = WaveAugment(roll=a["roll"], dir_prob=a["dir_prob"], impulse_responses=responses).to(device).train()
+    """The TAU stage's waveform augmentation (`WaveAugment` with configs/tau.yaml's roll, impulse-response
+    probability and gain; devices drawn as TAU's six training devices, `a` first), on synthetic decaying responses
+    of MicIRP's count."""
+    a = load_config("tau").augment
+    n = int(MICIRP["seconds"] * rate)
+    responses = torch.randn(MICIRP["responses"], n) * torch.exp(-torch.arange(n) / (0.05 * rate))
+    module = WaveAugment(roll=a.roll, dir_prob=a.dir_prob, impulse_responses=responses,
+                         gain_db=a.gain_db).to(device).train()
     devices = torch.randint(6, (batch,), device=device)
     return lambda audio: module(audio, devices)
 

@@ -191,11 +191,10 @@ class Trainer:
         fails, the run goes on eager: a WARNING now, and summary.json's `compiled: false` with the reason.
         Returns (compiled, the reason it is not)."""
         cfg, device = self.cfg, self.dist.device
-        if cfg.data.clip_seconds is None:  # no fixed training shape: it compiles at the first step
-            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
-            return True, None
         started, rng, eager = time.perf_counter(), checkpoint.rng_state(), model.forward
         model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
+        if cfg.data.clip_seconds is None:  # no fixed training shape: it compiles at the first step
+            return True, None
         try:
             audio = torch.zeros(cfg.train.micro_batch, round(cfg.data.clip_seconds * cfg.frontend.sample_rate),
                                 device=device)
