@@ -18,7 +18,9 @@ loader's headroom, the profile), then the levers and the 10-s rows, max-autotune
              same eager step through a DeepSpeed engine at ZeRO 0 (what the engine costs per step), as the trainer
              runs it and with DeepSpeed's no-op one-rank gradient all-reduce kept; eager with Liger's LayerNorm
              kernel in place of every nn.LayerNorm (where liger-kernel is installed); eager after the TAU stage's
-             waveform augmentation (roll, impulse responses), which the 1-s trainer row runs and the step does not
+             waveform augmentation (roll, impulse responses), which the 1-s trainer row runs and the step does not;
+             eager with the reference's patch embedding (a Conv2d over every patch, patchout gathering from its
+             output) in place of PatchEmbed's GEMM over the kept patches
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
@@ -377,6 +379,10 @@ def write(b: Bench, out: Path) -> None:
     if bare and augmented:
         checks.append(f"- the TAU waveform augmentation (roll, impulse responses), 1-s clips: step with it / without: "
                       f"{augmented:.0f} / {bare:.0f} = **{100 * augmented / bare:.0f}%**")
+    conv = rate("model", f"model step, {gpu_step.KINDS['conv patch embed']}", "1 s")
+    if bare and conv:
+        checks.append(f"- patch embedding, 1-s clips: PatchEmbed's GEMM over the kept patches / the reference's Conv2d "
+                      f"over every patch: {bare:.0f} / {conv:.0f} = **{bare / conv:.2f}x**")
     ours = rate("trainer", "whole trainer, flac", "1 s")
     ref = rate("reference", "reference stack, whole step", "1 s")
     if ours and ref:
@@ -455,6 +461,7 @@ def throughput(b: Bench, work: Path) -> None:
             engine_step(b, *short, lean)
         model_step(b, *short, kind="liger")  # a kernel library's norm against eager's and compile's
         model_step(b, *short, kind="augmented")  # what the trainer's 1-s (TAU) row does beyond the model step
+        model_step(b, *short, kind="conv patch embed")  # the reference's patch embedding, against PatchEmbed's
     if b.fits("compiled", 150):
         model_step(b, *short, kind="whole")
     for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs

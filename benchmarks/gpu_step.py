@@ -21,6 +21,7 @@ KINDS = {  # build_step's `kind` -> the row's name
     "max-autotune": "compiled, max-autotune (no CUDA graphs)",  # inductor benchmarks GEMM / kernel configs
     "liger": "eager, Liger LayerNorm",  # every nn.LayerNorm as Liger's Triton kernel: a library's fused norm
     "augmented": "eager, + TAU waveform augmentation",  # the trainer's roll and impulse responses before the step
+    "conv patch embed": "eager, patch embedding as a Conv2d over every patch",  # the A/B of PatchEmbed's GEMM
 }
 COMPILED = (True, "whole", "whole, no pattern matcher", "cuda graphs", "fp8", "max-autotune")  # kinds that compile
 MICIRP = dict(responses=66, seconds=0.25)  # the MicIRP set's count; a typical response length
@@ -78,6 +79,8 @@ def build_step(device: torch.device, model_name: str, seconds: float, batch: int
                                    and isinstance(module, torch.nn.Linear))
     if kind == "liger":
         swap_norms(model, liger_norm)
+    if kind == "conv patch embed":
+        model.tokens = conv_tokens(model)
     if kind in (True, "cuda graphs", "fp8", "max-autotune"):
         mode = {"cuda graphs": "reduce-overhead", "max-autotune": "max-autotune-no-cudagraphs"}.get(kind)
         model.compile(fullgraph=True, dynamic=False, mode=mode)
@@ -99,6 +102,31 @@ def build_step(device: torch.device, model_name: str, seconds: float, batch: int
         optimizer.zero_grad(set_to_none=True)
 
     return step, frontend.frames(wave.shape[1])
+
+
+def conv_tokens(model: torch.nn.Module):
+    """`model.tokens` as the reference computes them: the patch embedding's Conv2d over every patch, positions
+    added to the whole grid, then patchout's rows and columns gathered from it (copies of the embedded grid).
+    The draws are the model's, in its order, so the tokens equal `PatchEmbed`'s, which embeds only the kept
+    patches: the A/B of that lever."""
+    c = model.config
+
+    def tokens(mel: torch.Tensor) -> torch.Tensor:
+        x = model.patch_embed.proj(mel)
+        _, _, fp, tp = x.shape
+        times = torch.arange(tp, device=x.device)
+        if tp < c.max_time_patches and model.training:
+            times = times + torch.randint(0, c.max_time_patches - tp + 1, (), device=x.device)
+        x = x + model.time_new_pos_embed.index_select(3, times) + model.freq_new_pos_embed
+        if model.training and c.s_patchout_t:
+            x = x[:, :, :, torch.randperm(tp, device=x.device)[:max(0, tp - c.s_patchout_t)].sort().values]
+        if model.training and c.s_patchout_f:
+            x = x[:, :, torch.randperm(fp, device=x.device)[:max(0, fp - c.s_patchout_f)].sort().values]
+        x = x.flatten(2).transpose(1, 2)
+        special = torch.cat([model.cls_token, model.dist_token], dim=1) + model.new_pos_embed
+        return torch.cat([special.expand(x.shape[0], -1, -1), x], dim=1)
+
+    return tokens
 
 
 def tau_augment(device: torch.device, batch: int, rate: int):

@@ -44,6 +44,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("model step, eager, DeepSpeed engine ZeRO 0, one-rank all-reduce kept", "1 s"),
                         ("model step, eager, Liger LayerNorm", "1 s"),
                         ("model step, eager, + TAU waveform augmentation", "1 s"),
+                        ("model step, eager, patch embedding as a Conv2d over every patch", "1 s"),
                         ("model step, compiled, max-autotune (no CUDA graphs)", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), flac", "1 s"),
                         ("decode per core (DALI CPU, 1 thread), pcm16", "10 s"),
@@ -65,6 +66,7 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     assert "loader headroom, 1-s FLAC" in text and "DeepSpeed engine ZeRO 0 / bare model step, 1-s clips" in text
     assert "DeepSpeed engine ZeRO 0, one-rank all-reduce kept / bare model step" in text
     assert "- the TAU waveform augmentation (roll, impulse responses), 1-s clips: step with it / without" in text
+    assert "- patch embedding, 1-s clips: PatchEmbed's GEMM over the kept patches / the reference's Conv2d" in text
     assert "- 1 s clips: pcm16 decodes" in text and "cores per GPU for 3x headroom" in text
     # the profile section: both steps, every category, the wall time they add up to
     profile = (tmp_path / "gpu_profile.md").read_text()
@@ -181,6 +183,7 @@ def test_decode_benchmark_tiny_measures_both_formats_and_their_bytes(tmp_path):
     for clips, samples in (("1 s", 44100), ("10 s", 441000)):
         assert 2 * samples / 1024 < float(rows[clips, "pcm16"][6]) < 2 * samples / 1024 + 4
         assert float(rows[clips, "flac"][6]) < float(rows[clips, "pcm16"][6])
+    assert "- patch embedding, 1-s clips: PatchEmbed's GEMM over the kept patches / the reference's Conv2d" in text
     assert "- 1 s clips: pcm16 decodes" in text and "- 10 s clips: pcm16 decodes" in text
 
 
@@ -214,6 +217,39 @@ def test_the_liger_row_swaps_every_layernorm_and_keeps_the_function():
     assert gpu_step.swap_norms(model, lambda norm: Stand(norm.normalized_shape, eps=norm.eps)) == norms
     assert sum(isinstance(m, Stand) for m in model.modules()) == norms and norms == 2 * model.config.depth + 2
     torch.testing.assert_close(model(mel)[0], before, rtol=0, atol=0)
+
+
+def test_the_conv_patch_embedding_row_computes_the_same_tokens_and_gradients():
+    """The A/B row's reference patch embedding (a Conv2d over every patch, then patchout) does the model's work."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import torch
+
+    import gpu_step
+    from trainer.model.passt import create_model
+
+    model = create_model("passt_micro", 10, s_patchout_f=6, s_patchout_t=2).train()
+    mel = torch.randn(3, 1, model.config.n_mels, 138)
+    results = []
+    for tokens in (model.tokens, gpu_step.conv_tokens(model)):
+        torch.manual_seed(0)
+        out = tokens(mel)
+        model.zero_grad()
+        out.square().sum().backward()
+        results.append((out.detach(), model.patch_embed.proj.weight.grad.clone()))
+    assert results[0][0].shape == (3, 2 + 6 * 11, 32)
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)  # fp32 sums in another order
+
+
+def test_patch_embed_benchmark_tiny_times_both_ways_side_by_side(tmp_path):
+    text = tiny_benchmark("patch_embed.py", tmp_path, timeout=300)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [row[0] for row in rows] == [m for m in ("tokens, training (forward + backward)",
+                                                     "tokens, evaluation (forward, every patch)",
+                                                     "passt_micro training step (forward + backward)") for _ in "ab"]
+    assert [row[2].split(":")[0] for row in rows] == ["PatchEmbed", "reference"] * 3
+    for ours, reference in zip(rows[::2], rows[1::2]):
+        assert float(ours[5].rstrip("x")) == pytest.approx(float(reference[3]) / float(ours[3]), rel=0.02)
 
 
 def test_augment_benchmark_tiny_compares_both_fft_lengths(tmp_path):

@@ -135,6 +135,47 @@ def test_patchout_drops_whole_rows_and_columns_only_in_training():
         assert model.tokens(mel).shape[1] == 12 * 9 + 2
 
 
+def test_training_tokens_are_the_convolution_of_the_kept_patches_with_their_positions():
+    """PatchEmbed embeds only the patches patchout keeps, as a GEMM over unfolded patches: the tokens equal the
+    checkpoint's Conv2d over the whole spectrogram plus the positions, cut to the same draws afterwards."""
+    model = passt_micro(s_patchout_f=6, s_patchout_t=3).train()
+    mel = _mel(3, 138)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            tokens = model.tokens(mel)
+        torch.manual_seed(seed)  # the model's draws, in its order: time slice, kept columns, kept rows
+        start = int(torch.randint(0, 99 - 13 + 1, ()))
+        columns = torch.randperm(13)[:10].sort().values
+        rows = torch.randperm(12)[:6].sort().values
+        with torch.no_grad():
+            grid = (torch.nn.functional.conv2d(mel, model.patch_embed.proj.weight, model.patch_embed.proj.bias,
+                                               stride=10)
+                    + model.time_new_pos_embed[..., start:start + 13] + model.freq_new_pos_embed)
+        expected = grid[:, :, rows][:, :, :, columns].flatten(2).transpose(1, 2)
+        assert tokens.shape == (3, 2 + 6 * 10, 32)
+        torch.testing.assert_close(tokens[:, 2:], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"expects mel spectrograms \[batch, 1, n_mels, frames\], got \(3, 2, 128"):
+        model.tokens(mel.expand(3, 2, 128, 138))
+
+
+def test_eval_matches_hear21passt_given_the_same_weights(capsys):
+    """The reference implementation (hear21passt's PaSST: timm blocks, a Conv2d patch embedding) on our weights."""
+    from hear21passt.models.passt import PaSST as Reference
+
+    torch.manual_seed(0)
+    ours = passt_micro(10, s_patchout_f=6).eval()
+    reference = Reference(img_size=(128, 998), patch_size=16, stride=(10, 10), in_chans=1, num_classes=10,
+                          distilled=True, s_patchout_t=0, s_patchout_f=6, embed_dim=32, depth=2, num_heads=2).eval()
+    reference.load_state_dict(ours.state_dict(), strict=True)
+    for frames in (138, 100, 998):
+        mel = _mel(2, frames, seed=frames)
+        with torch.no_grad():
+            for got, want in zip(ours(mel), reference(mel)):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    capsys.readouterr()  # the reference prints its shapes on its first call
+
+
 def test_short_clips_use_a_random_time_slice_in_training_and_the_first_in_eval():
     model = passt_micro()
     with torch.no_grad():

@@ -120,12 +120,27 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """Overlapping square mel patches -> token embeddings, [B, 1, n_mels, frames] -> [B, F, T, D] (f-major grid).
+
+    The weights are a Conv2d's (the checkpoint's keys and shapes, its initialisation), applied as one GEMM over
+    the unfolded patches: patchout picks its rows and columns of the grid before the GEMM, so the patches it drops
+    are never embedded, and the tokens come out in token order with no transposing copy.
+    """
+
     def __init__(self, patch: int, stride: int, dim: int):
         super().__init__()
+        self.patch, self.stride = patch, stride
         self.proj = nn.Conv2d(1, dim, kernel_size=patch, stride=stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+    def forward(self, mel: torch.Tensor, rows: torch.Tensor | None = None,
+                columns: torch.Tensor | None = None) -> torch.Tensor:
+        """`rows` / `columns`: the frequency / time patches to embed (all when None)."""
+        patches = mel.unfold(2, self.patch, self.stride).unfold(3, self.patch, self.stride)  # [B, 1, F, T, P, P]
+        if columns is not None:
+            patches = patches.index_select(3, columns)
+        if rows is not None:
+            patches = patches.index_select(2, rows)
+        return F.linear(patches.flatten(-2).squeeze(1), self.proj.weight.flatten(1), self.proj.bias)
 
 
 class PaSST(nn.Module):
@@ -191,30 +206,32 @@ class PaSST(nn.Module):
     def tokens(self, mel: torch.Tensor) -> torch.Tensor:
         """Patch, position and (in training) patch out: [B, 1, F, T] -> [B, 2 + kept patches, D]."""
         c = self.config
-        x = self.patch_embed(mel)
-        _, _, fp, tp = x.shape
+        if mel.dim() != 4 or mel.shape[1] != 1:
+            raise ValueError(f"PaSST expects mel spectrograms [batch, 1, n_mels, frames], got {tuple(mel.shape)}")
+        fp, tp = (mel.shape[-2] - c.patch_size) // c.patch_stride + 1, c.time_patches(mel.shape[-1])
         if fp != c.freq_patches:
             raise ValueError(f"input has {mel.shape[-2]} mel bins ({fp} frequency patches); "
                              f"the model expects n_mels={c.n_mels}")
         if tp > c.max_time_patches:
             raise ValueError(f"{tp} time patches exceed the time embedding ({c.max_time_patches}); "
                              "call forward(), which crops or windows long inputs")
-        time_pos = self.time_new_pos_embed[:, :, :, :tp]
+        device = mel.device
+        times = torch.arange(tp, device=device)  # the time embedding's positions of the grid's columns
         if tp < c.max_time_patches and self.training:
             # a random contiguous slice, chosen on the device: no host sync, no graph break under torch.compile
-            start = torch.randint(0, c.max_time_patches - tp + 1, (), device=x.device)
-            time_pos = self.time_new_pos_embed.index_select(3, start + torch.arange(tp, device=x.device))
-        x = x + time_pos + self.freq_new_pos_embed
+            times = times + torch.randint(0, c.max_time_patches - tp + 1, (), device=device)
+        columns = rows = None
         if self.training and c.s_patchout_t:
-            keep = torch.randperm(tp, device=x.device)[:max(0, tp - c.s_patchout_t)].sort().values
-            x = x[:, :, :, keep]
+            columns = torch.randperm(tp, device=device)[:max(0, tp - c.s_patchout_t)].sort().values
+            times = times.index_select(0, columns)
         if self.training and c.s_patchout_f:
-            keep = torch.randperm(fp, device=x.device)[:max(0, fp - c.s_patchout_f)].sort().values
-            x = x[:, :, keep, :]
-        x = x.flatten(2).transpose(1, 2)  # f-major: token index f * T + t
-        b = x.shape[0]
+            rows = torch.randperm(fp, device=device)[:max(0, fp - c.s_patchout_f)].sort().values
+        x = self.patch_embed(mel, rows, columns)  # [B, F', T', D], only the kept patches
+        freq_pos = self.freq_new_pos_embed if rows is None else self.freq_new_pos_embed.index_select(2, rows)
+        pos = (self.time_new_pos_embed.index_select(3, times) + freq_pos).permute(0, 2, 3, 1)  # [1, F', T', D]
+        x = (x + pos).flatten(1, 2)  # f-major: token index f * T' + t
         special = torch.cat([self.cls_token, self.dist_token], dim=1) + self.new_pos_embed
-        return torch.cat([special.expand(b, -1, -1), x], dim=1)
+        return torch.cat([special.expand(x.shape[0], -1, -1), x], dim=1)
 
     def forward_features(self, mel: torch.Tensor) -> torch.Tensor:
         """[B, 1, F, T] (at most `max_time_patches`) -> pooled features (cls + dist) / 2, [B, D]."""
@@ -355,15 +372,15 @@ def load_pretrained(model: PaSST, path: str | Path, *, head_init: str = "trunc_n
 def flops_per_sample(config: PaSSTConfig, frames: int, training: bool) -> float:
     """Forward FLOPs (2 x multiply-adds) of one sample, counted from the layer shapes.
 
-    Patch embedding over all patches; blocks over the tokens left after patchout (training) or all
-    (evaluation); the classifier head.  Softmax, norms and GELU are not counted.
+    Patch embedding and blocks over the patches left after patchout (training: `PatchEmbed` embeds only those)
+    or all (evaluation); the classifier head.  Softmax, norms and GELU are not counted.
     """
     c = config
     fp, tp = c.freq_patches, min(c.time_patches(frames), c.max_time_patches)
-    macs = fp * tp * c.embed_dim * c.patch_size ** 2
     if training:
         fp, tp = max(0, fp - c.s_patchout_f), max(0, tp - c.s_patchout_t)
     n, d, h = fp * tp + 2, c.embed_dim, int(c.embed_dim * c.mlp_ratio)
+    macs = fp * tp * d * c.patch_size ** 2
     macs += c.depth * (n * 3 * d * d + 2 * n * n * d + n * d * d + 2 * n * d * h)
     macs += d * c.num_classes
     return 2.0 * macs
