@@ -64,7 +64,9 @@ def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.send_signal(signal.SIGINT)  # pytest stops, reports and writes the JUnit file for what finished
+            # to the whole group: xdist's workers stop too, a test in progress with them (signalled alone, the
+            # controller waits for the running tests to end); pytest reports what finished in the JUnit file
+            os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(120)
             except subprocess.TimeoutExpired:

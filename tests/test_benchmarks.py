@@ -140,7 +140,7 @@ def test_the_suite_section_counts_outcomes_and_reports_what_finished_before_the_
         "@pytest.mark.parametrize('n', [1, 2])\ndef test_param(n):\n    assert n == 1\n")
     (suite / "test_slow.py").write_text("import time\ndef test_sleeps():\n    time.sleep(120)\n")
     result = gpu_suite.run_suite(1, 20, tmp_path / "work", [str(suite)])
-    assert result["timed_out"] and result["wall_s"] < 100
+    assert result["timed_out"] and result["wall_s"] < 60  # the sleeping test is interrupted, not waited for
     ids = {kind: [tid.split("::", 1)[1] for tid, _ in result[kind]] for kind in ("passed", "failed", "error", "skipped")}
     assert sorted(ids["passed"]) == ["test_param[1]", "test_passes"]
     assert sorted(ids["failed"]) == ["test_fails", "test_param[2]"]
@@ -183,7 +183,6 @@ def test_decode_benchmark_tiny_measures_both_formats_and_their_bytes(tmp_path):
     for clips, samples in (("1 s", 44100), ("10 s", 441000)):
         assert 2 * samples / 1024 < float(rows[clips, "pcm16"][6]) < 2 * samples / 1024 + 4
         assert float(rows[clips, "flac"][6]) < float(rows[clips, "pcm16"][6])
-    assert "- patch embedding, 1-s clips: PatchEmbed's GEMM over the kept patches / the reference's Conv2d" in text
     assert "- 1 s clips: pcm16 decodes" in text and "- 10 s clips: pcm16 decodes" in text
 
 
