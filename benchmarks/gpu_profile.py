@@ -33,8 +33,9 @@ LEVERS = {  # what a large share of a category calls for, and the gpu.py row tha
     "STFT + mel": "the front-end inside the compiled graph: row `compiled waveform to loss`",
     "optimizer": "fused Adam runs already (one kernel for all parameters); nothing cheaper keeps Adam",
     "communication": "one GPU: nothing to reduce (`skip_lone_reduction`); several: the ZeRO stage, `train.md`",
-    "copies / gathers": "fusing patchout's gathers and the casts into their consumers: rows `compiled`, "
-                        "`compiled waveform to loss`",
+    "copies / gathers": "patchout gathers only the kept patches, before the embedding GEMM (against the reference's "
+                        "way: row `eager, patch embedding as a Conv2d over every patch`); casts fused into their "
+                        "consumers: rows `compiled`, `compiled waveform to loss`",
     "norm / GELU / elementwise": "fewer memory passes between GEMMs: rows `compiled` (inductor's fusions), "
                                  "`eager, Liger LayerNorm`",
     "other": "read the kernel names (CATEGORIES in gpu_profile.py)",

@@ -20,6 +20,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUTCOMES = ("passed", "failed", "error", "skipped")
+# pytest with SIGINT raising KeyboardInterrupt whatever this process inherited: a shell's background job (`cmd &`
+# without job control) ignores SIGINT, and an ignored SIGINT stays ignored in every child (a test run from one
+# waited 120 s for a sleeping test instead of stopping at the time limit)
+INTERRUPTIBLE_PYTEST = ("import signal, sys, pytest; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                        "sys.exit(pytest.main(sys.argv[1:]))")
 
 
 def test_id(case: ET.Element) -> str:
@@ -54,7 +59,7 @@ def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -
                            "here: pip install pytest-xdist execnet (both pure Python; stage them with the other wheels)")
     work.mkdir(parents=True, exist_ok=True)
     report, log = work / "suite.xml", work / "suite.log"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(workers), "-rfE",
+    command = [sys.executable, "-c", INTERRUPTIBLE_PYTEST, "-q", "-p", "no:cacheprovider", "-n", str(workers), "-rfE",
                "--tb=line", f"--junitxml={report}", *paths]
     started = time.perf_counter()
     timed_out = False
@@ -73,8 +78,9 @@ def run_suite(workers: int, timeout: float, work: Path, paths: list[str] = ()) -
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     result = parse_junit(report) if report.is_file() else {key: [] for key in OUTCOMES}
+    shown = ["-m", "pytest", *command[3:]]  # what the bootstrap runs, as one would type it
     result.update(wall_s=time.perf_counter() - started, timed_out=timed_out, returncode=proc.returncode, log=str(log),
-                  command=" ".join(command[1:]).replace(str(report), "suite.xml"))
+                  command=" ".join(shown).replace(str(report), "suite.xml"))
     if not report.is_file():
         result["error"].append(("(no JUnit report)", log.read_text()[-300:].strip().replace("\n", " | ")))
     return result
