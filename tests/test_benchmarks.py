@@ -58,7 +58,9 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
                         ("loader dali-cpu + mel, pcm16", "10 s"), ("loader torch-cpu + mel, flac", "10 s")]:
         assert (what, clips) in rows, (what, clips, text)
     assert text.count("bfloat16 autocast inside the engine, float32 weights and Adam state") == 5  # trainer runs
-    assert "peak GiB" in next(line for line in text.splitlines() if line.startswith("| what"))
+    header = next(line for line in text.splitlines() if line.startswith("| what"))
+    assert "peak GiB" in header and "seconds" in header
+    assert re.search(r"^- profile: \d+ s \(gpu_profile\.md\)$", text, re.M)
     whole = [line.split("|")[4].strip() for line in text.splitlines() if "| model step, compiled waveform to loss" in line]
     assert whole[0] != "nan" or (len(whole) == 2 and whole[1] != "nan"), whole  # a failed compile is retried
     assert "not measured: torchao is not installed" in text or "not measured: float8 matmuls need" in text
@@ -101,6 +103,30 @@ def test_profile_categories_follow_the_kernel_names(name, category):
     import gpu_profile
 
     assert gpu_profile.category(name) == category
+
+
+def test_compiled_rows_are_budgeted_from_the_compilations_the_call_timed():
+    """Before any compilation a compiled row needs the cold-cache allowance; after, 1.5x the slowest one timed."""
+    import argparse
+    import time
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu
+
+    b = gpu.Bench(argparse.Namespace(tiny=False, budget=1000.0, sections=["model", "compiled"]))
+
+    def fits_with(left: float, *args, **kwargs) -> bool:
+        b.started = time.perf_counter() - (b.args.budget - left)
+        return b.fits(*args, **kwargs)
+
+    assert fits_with(20 + gpu.COLD_COMPILE_S + 1, "compiled", 20, compiling=True)
+    assert not fits_with(20 + gpu.COLD_COMPILE_S - 1, "compiled", 20, compiling=True)
+    assert b.notes[-1].startswith("compiled: skipped, 149 s of the 1000 s budget left (needs ~150 s)")
+    b.compile_s += [22.0, 8.0]  # the first compilation, then one that reused its kernels
+    assert fits_with(20 + 33 + 1, "compiled", 20, compiling=True)
+    assert not fits_with(20 + 33 - 1, "compiled", 20, compiling=True)
+    assert fits_with(31, "model", 30) and not fits_with(29, "model", 30)  # rows that do not compile: as asked
+    assert not fits_with(999, "eval", 1)  # a section not asked for
 
 
 def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):
