@@ -26,9 +26,10 @@ loader's headroom, the profile), then the levers and the 10-s rows, max-autotune
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
-             as gpu_profile.md (`gpu_profile.py`)
+             as gpu_profile.md (`gpu_profile.py`), with the 1-s FLAC trainer rows' own profiles beside them
   trainer    the real `launch/train.py` (DALI, DeepSpeed ZeRO 0, augmentation, checkpoints) on the corpus; the
-             rate is the median of steps.csv's windows after each epoch's first
+             rate is the median of steps.csv's windows after each epoch's first; the 1-s FLAC runs profile the
+             window after their first (`run.profile_steps`), which the rate leaves out
   reference  hear21passt's PaSST + mel, WAV files decoded with soundfile in DataLoader workers, Adam, bf16
              autocast (`reference_stack.py`): the whole step, and its model step alone
   loader     the DALI loader alone (+ the mel front-end), FLAC vs pcm16, several thread counts, and the torch reader;
@@ -285,8 +286,12 @@ def profile_steps(b: Bench, out: Path) -> None:
             step()
         results[f"{'compiled' if compiled else 'eager'} step, 1-s clips x {batch}"] = gpu_profile.profile_step(
             step, b.device, 2 if b.tiny else 10)
+    for label, path in b.facts.get("trainer_profiles", {}).items():  # the trainer rows' own (run.profile_steps)
+        results[label] = json.loads(path.read_text())
     intro = (f"Measured {datetime.date.today().isoformat()} with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
-             f"({b.model}, bf16 autocast, fused Adam). "
+             f"({b.model}, bf16 autocast, fused Adam). The model step's columns profile the bare step; the whole "
+             "trainer's are its 1-s FLAC rows' own profile (`run.profile_steps`: steps after the first window, loader "
+             "and DeepSpeed engine included), so the difference is what the trainer adds. "
              + ("CPU: ATen operators' own time stands in for kernels (a smoke test of the section)." if b.tiny else
                 "Kernel time on the device by category; idle = wall time no kernel covered."))
     (out.parent / "gpu_profile.md").write_text(gpu_profile.markdown(results, device_name(b.device), intro))
@@ -300,13 +305,14 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
     dataset = corpus["sets"]["short" if short else "long"]["shards"][fmt]
     micro = (8 if b.tiny else 256) if short else (4 if b.tiny else 64)
     log_every = 1 if b.tiny else (5 if short else 2)
+    profiled = (2 if b.tiny else 5) if short and fmt == "flac" else 0  # steps after the first window, for the profile
     overrides = [f"data.root={dataset.parent}", f"data.dataset={dataset.name}", "data.train_split=train",
                  f"data.clip_seconds={seconds:g}",
                  "init_from=null", f"model.name={b.model}", f"model.compile={str(compiled).lower()}",
                  f"train.epochs={2 if b.tiny or short else 3}", f"train.global_batch={16 if b.tiny else 256}",
                  f"train.micro_batch={micro}", f"train.eval_batch={micro}", "train.precision=bf16",
                  f"train.device={b.device.type}", f"run.out={work}", f"run.name={name}", f"run.log_every={log_every}",
-                 "run.keep_checkpoints=1"]
+                 "run.keep_checkpoints=1", f"run.profile_steps={profiled}"]
     if short:
         overrides.append(f"augment.dir_folder={corpus['irs']}")
     stage = "tau" if short else "cochl"
@@ -322,7 +328,8 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
         raise RuntimeError(f"trainer run {name} exited {code}; log {log}:\n{text[-3000:]}")
     steps = pd.read_csv(work / stage / name / "steps.csv")
     steps["in_epoch"] = steps.groupby("epoch").cumcount()
-    steady = steps[steps["in_epoch"] >= log_every]["samples_per_s"]
+    profiled_window = steps["step"].between(log_every + 1, log_every + profiled)  # the profiler slowed it
+    steady = steps[(steps["in_epoch"] >= log_every) & ~profiled_window]["samples_per_s"]
     rate = float(steady.median() if len(steady) else steps["samples_per_s"].median())
     precision = next((line.split("precision: ")[1].split(" | ")[0] for line in text.splitlines()
                       if "precision: " in line), "?")
@@ -332,6 +339,10 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
         b.compile_s.append(float(compiled_in.group(1)))
     frames = MelFrontend(PRESETS["sit44k"]).frames(int(seconds * 44100))
     peak = pd.read_csv(work / stage / name / "epochs.csv")["peak_memory_gib"].max()
+    if profiled:
+        b.facts.setdefault("trainer_profiles", {})[
+            f"whole trainer{', compiled' if compiled else ''}, {seconds:g}-s clips x {16 if b.tiny else 256} per step"
+        ] = work / stage / name / "profile.json"
     b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
           batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
           samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=None if pd.isna(peak) else float(peak),

@@ -112,7 +112,11 @@ def test_deepspeed_json_is_generated_from_the_config(trainable, tmp_path):
 @pytest.mark.parametrize("override,message", [("run.log_every=0", "run.log_every must be at least 1"),
                                               ("data.num_workers=-1", "data.num_workers must be >= 0"),
                                               ("model.compile=sometimes",
-                                               "model.compile='sometimes' is not one of auto, true, false")])
+                                               "model.compile='sometimes' is not one of auto, true, false"),
+                                              ("run.profile_steps=-1", "run.profile_steps must be >= 0"),
+                                              ("run.profile_steps=2", r"run.profile_steps=2 profiles steps 3-4 \(after "
+                                               r"the first run.log_every=2\), but the first epoch has 3 step\(s\) on 1 "
+                                               r"rank\(s\); lower run.profile_steps or run.log_every")])
 def test_loop_settings_are_checked(trainable, tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         validate(load_config("cochl", train_overrides(trainable, tmp_path, "x") + [override]), 1)

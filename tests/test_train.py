@@ -6,6 +6,7 @@ summary.json, model.pt and the checkpoints.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import signal
@@ -43,8 +44,8 @@ def _train(trainable, work, name, world=2, **extra) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(trainable, work) -> Path:
-    """Uninterrupted: ZeRO-1, 2 ranks, gradient accumulation 2 (global 8 = 2 micro x 2 x 2 ranks)."""
-    return _train(trainable, work, "reference", train__zero_stage=1)
+    """Uninterrupted: ZeRO-1, 2 ranks, gradient accumulation 2 (global 8 = 2 micro x 2 x 2 ranks); step 3 profiled."""
+    return _train(trainable, work, "reference", train__zero_stage=1, run__profile_steps=1)
 
 
 def _last_step(steps_csv: Path) -> int:
@@ -130,6 +131,36 @@ def test_run_contract(reference, trainable):
     assert len(list((reference / "checkpoints").glob("e*"))) == 2  # run.keep_checkpoints
     newest = max(reference.parent.glob("*/summary.json"), key=lambda p: p.stat().st_mtime).parent
     assert (reference.parent / "latest").resolve() == newest.resolve()  # the next stage's default init_from
+
+
+def outermost_calls(events: list[dict]) -> dict[str, int]:
+    """How often each operator was called from outside itself (an op that dispatches to itself counts once)."""
+    spans = sorted((e["ts"], e["ts"] + e.get("dur", 0), e["name"], e.get("tid")) for e in events if e.get("ph") == "X")
+    open_until: dict[tuple, float] = {}
+    counts: dict[str, int] = {}
+    for start, end, name, tid in spans:
+        if open_until.get((name, tid), -1.0) < start:
+            counts[name] = counts.get(name, 0) + 1
+            open_until[(name, tid)] = end
+    return counts
+
+
+def test_a_profiled_run_says_where_its_steps_went(reference, work):
+    """run.profile_steps=1 after run.log_every=2: exactly step 3 (one optimizer step of 2 micro-batches, each through
+    forward and backward) under the profiler, written once by the main rank; the categories and the idle time add up
+    to the step's wall time.  Profiling changes no number: the resumed run (not profiled) matches this one exactly."""
+    summary = json.loads((reference / "profile.json").read_text())
+    assert summary["steps"] == [3, 3]
+    by = summary["by_category"]
+    assert by["GEMM"] > 0 and by["optimizer"] > 0 and by["communication"] > 0  # ZeRO 1 reduces over 2 gloo ranks
+    assert sum(by.values()) == pytest.approx(summary["wall_ms"], rel=1e-6) or by["idle (gaps, host)"] == 0
+    trace = json.loads(gzip.decompress((reference / "profile_trace.json.gz").read_bytes()))
+    calls = outermost_calls(trace["traceEvents"])
+    assert calls["aten::stft"] == 2  # the step's two micro-batches through the front-end, no more, no less
+    assert calls["aten::_fused_adam_"] == 2  # one optimizer step: one fused call per parameter group
+    text = (reference / "profile.md").read_text()
+    assert "Optimizer steps 3-3 under torch.profiler" in text and "| GEMM " in text and "step wall time" in text
+    assert "run.profile_steps: steps 3-3 profiled" in logs(work["logs"])
 
 
 def test_killed_and_preempted_run_resumes_exactly(reference, resumed):

@@ -123,6 +123,7 @@ class RunConfig:
     resume: str = "auto"  # auto: continue the run folder's latest checkpoint if any | never: refuse an existing run
     keep_checkpoints: int = 2  # epoch checkpoints kept (the pre-emption one is kept too)
     log_every: int = 10  # optimizer steps between reads of the losses from the device (steps.csv has every step)
+    profile_steps: int = 0  # > 0: torch.profiler over that many steps after the first log_every (profile.md in the run)
     wandb: bool = False  # also log to Weights & Biases (pip install wandb)
     wandb_project: str = "sit"  # W&B project name
 
@@ -241,6 +242,8 @@ def validate(cfg: Config, world_size: int) -> dict:
         raise ConfigError("optim.lr and optim.head_lr must be positive")
     if not 0 <= cfg.augment.dir_prob <= 1 or not 0 <= cfg.augment.mixstyle_p <= 1:
         raise ConfigError("augment.dir_prob and augment.mixstyle_p are probabilities in [0, 1]")
+    if cfg.run.profile_steps < 0:
+        raise ConfigError(f"run.profile_steps must be >= 0 (0: no profile), got {cfg.run.profile_steps}")
     if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0 (or null for one per CPU), got {cfg.data.num_workers}")
     accumulation = gradient_accumulation(cfg, world_size)
@@ -272,11 +275,16 @@ def validate(cfg: Config, world_size: int) -> dict:
     _check_retain(cfg)
     samples = manifest["splits"][cfg.data.train_split]["num_samples"]
     try:
-        plan_epoch(samples, stage_clips(cfg), world_size=world_size, training=True, accumulation=accumulation)
+        plan = plan_epoch(samples, stage_clips(cfg), world_size=world_size, training=True, accumulation=accumulation)
     except ValueError:
         raise ConfigError(f"data.train_split={cfg.data.train_split!r} has {samples} samples: less than one step of "
                           f"train.global_batch={cfg.train.global_batch} on {world_size} rank(s); lower "
                           "train.global_batch") from None
+    if cfg.run.profile_steps and cfg.run.log_every + cfg.run.profile_steps > plan.steps:
+        raise ConfigError(f"run.profile_steps={cfg.run.profile_steps} profiles steps {cfg.run.log_every + 1}-"
+                          f"{cfg.run.log_every + cfg.run.profile_steps} (after the first run.log_every="
+                          f"{cfg.run.log_every}), but the first epoch has {plan.steps} step(s) on {world_size} "
+                          "rank(s); lower run.profile_steps or run.log_every")
     return manifest
 
 

@@ -34,6 +34,7 @@ from .metrics import classification_metrics
 from .model.frontend import MelFrontend
 from .model.passt import count_parameters, create_model, load_pretrained
 from .monitor import StepMonitor
+from .profiling import StepProfiler
 from .retain.stage import RetainStage
 from .runlog import RunLog
 from .sit import exp_warmup_linear_down, param_groups
@@ -165,6 +166,9 @@ class Trainer:
         self.retain.start_recording(self.engine.module, (state or {}).get("retain", {}).get("path_integral"))
         if self.retain.test_loader is not None and self.progress.previous_before is None:
             self.progress.previous_before = self._evaluate_previous()
+        # Profile (run.profile_steps): steps after the first log window, into the run folder.
+        self.profiler = StepProfiler(d.device, cfg.run.log_every, cfg.run.profile_steps,
+                                     self.run_dir if d.is_main else None)
         self.runlog = RunLog(self.run_dir, d.is_main, group_names=self.group_names,
                              resume_step=self.progress.global_step + 1 if state else 0,
                              resume_epoch=self.progress.epoch,
@@ -346,6 +350,7 @@ class Trainer:
             p.step_in_epoch += 1
             monitor.record(p.epoch, p.global_step, micro_losses / self.accumulation, lrs)
             micro_losses = torch.zeros((), device=d.device)
+            self.profiler.step_done(p.global_step)  # before the window's clock mark: only the profiled window is slowed
             if p.global_step % cfg.run.log_every == 0 and p.step_in_epoch < steps:
                 records, stop = monitor.window(signalled())
                 self._log_steps(records, bar)
@@ -460,6 +465,8 @@ class Trainer:
                 "forgetting": before["accuracy"] - after["accuracy"]}
 
     def close(self) -> None:
+        if hasattr(self, "profiler"):
+            self.profiler.close()
         if hasattr(self, "runlog"):
             self.runlog.close()
         if hasattr(self, "retain"):

@@ -1,0 +1,131 @@
+"""Where a training step's time goes: torch.profiler over a few optimizer steps, device time by kernel category.
+
+Two users: the trainer (`run.profile_steps`: steps of a real run, loader and engine included, written into the
+run folder) and `benchmarks/gpu.py` (the bare model step, side by side with the trainer's).  On a GPU the device's
+kernels and copies are timed (their own time on the device), and what the steps' wall time leaves uncovered is
+idle: launch gaps and host work the device waited for.  On a CPU the ATen operators' own time stands in for
+kernels, so the same code runs anywhere; its numbers there say nothing about a GPU.  A kernel's category comes
+from its name (the first pattern that matches).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from .machine import device_name
+
+log = logging.getLogger(__name__)
+
+CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name), first match wins
+    ("loader (DALI)", r"dali"),  # DALI's kernels (dali::kernels::...): the loader's GPU stage on the training GPU
+    ("attention", r"flash|fmha|attention|sdpa|softmax"),
+    ("GEMM", r"gemm|matmul|cutlass|cublas|xmma|\bmm\b|aten::mm|addmm|bmm|linear|conv"),
+    ("STFT + mel", r"fft|stft|spectr|mel"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("communication", r"nccl|allreduce|all_reduce|allgather|all_gather|reduce_scatter|gloo"),
+    ("copies / gathers", r"copy|memcpy|memset|\bcat\b|aten::cat|index|gather|scatter|contiguous|clone|randperm"),
+    ("norm / GELU / elementwise", r"norm|gelu|elementwise|vectorized|triton|reduce|add|mul|div|sub|exp|log|pow|sqrt|"
+                                  r"sum|mean|where|fill|max|clamp|neg|rsqrt|tanh|erf"),
+)
+IDLE = "idle (gaps, host)"
+LABELS = [label for label, _ in CATEGORIES] + ["other", IDLE]  # every category a summary can hold, in table order
+PROFILE_FILES = ("profile.md", "profile.json", "profile_trace.json.gz")  # what a profiled run writes
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+
+
+class Capture:
+    """torch.profiler over some steps, from an idle device to an idle device: `start()`, the steps, `stop(steps)`
+    -> {"wall_ms": per step, "by_category": {category: ms per step}} (categories absent when zero)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        self.profiler = profile(activities=activities)
+        self.started = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()  # the steps start on an idle device: earlier work is not counted against them
+        self.profiler.__enter__()
+        self.started = time.perf_counter()
+
+    def stop(self, steps: int) -> dict:
+        self._sync()
+        wall = (time.perf_counter() - self.started) * 1e3 / steps
+        self.profiler.__exit__(None, None, None)
+        if self.device.type == "cuda":
+            kernels = [(e.name, e.device_time) for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
+        else:
+            kernels = [(e.key, e.self_cpu_time_total) for e in self.profiler.key_averages()
+                       if e.key.startswith(("aten::", "c10d::"))]  # operators and collectives, not Python frames
+        totals: dict[str, float] = {}
+        for name, micros in kernels:
+            totals[category(name)] = totals.get(category(name), 0.0) + micros / 1e3 / steps
+        totals[IDLE] = max(0.0, wall - sum(totals.values()))
+        return {"wall_ms": wall, "by_category": totals}
+
+    def abandon(self) -> None:
+        self.profiler.__exit__(None, None, None)
+
+
+class StepProfiler:
+    """`run.profile_steps`: optimizer steps `after + 1` .. `after + count` of a run under torch.profiler (after the
+    first window of `run.log_every` steps: compilation, loader start-up and the first read of the losses are
+    behind).  Every rank profiles the same steps, so they stay in step; the main rank writes profile.md (ms per step
+    by category), profile.json (the same, for tools) and profile_trace.json.gz (the Chrome / Perfetto trace) into
+    the run folder."""
+
+    def __init__(self, device: torch.device, after: int, count: int, folder: Path | None):
+        self.device, self.first, self.last, self.folder = device, after + 1, after + count, folder
+        self.capture: Capture | None = None
+
+    def step_done(self, step: int) -> None:
+        """After optimizer step `step` (counted from 1 over the run): start before `first`, stop after `last`."""
+        if self.last < self.first:
+            return
+        if step == self.first - 1:
+            self.capture = Capture(self.device)
+            self.capture.start()
+        elif step == self.last and self.capture is not None:
+            capture, self.capture = self.capture, None
+            self._write(capture.stop(self.last - self.first + 1), capture.profiler)
+
+    def close(self) -> None:
+        """A run stopped inside the profiled steps (a pre-emption, an error): the profiler stops, nothing is written."""
+        if self.capture is not None:
+            self.capture.abandon()
+            self.capture = None
+
+    def _write(self, summary: dict, profiler) -> None:
+        if self.folder is None:
+            return
+        summary = {"device": device_name(self.device), "steps": [self.first, self.last], **summary}
+        rows = [[label, f"{ms:.2f}", f"{100 * ms / summary['wall_ms']:.0f}"]
+                for label in LABELS if (ms := summary["by_category"].get(label)) is not None]
+        rows.append(["step wall time", f"{summary['wall_ms']:.2f}", "100"])
+        kind = "kernel time on the device" if self.device.type == "cuda" else "ATen operators' own CPU time"
+        (self.folder / "profile.md").write_text(
+            f"# Where this run's steps went: {summary['device']}\n\nOptimizer steps {self.first}-{self.last} under "
+            f"torch.profiler ({kind} by category; idle = wall time nothing covered). Trace: profile_trace.json.gz "
+            "(chrome://tracing or ui.perfetto.dev).\n\n"
+            + tabulate(rows, headers=["category", "ms per step", "% of wall"], tablefmt="github",
+                       disable_numparse=True) + "\n")
+        (self.folder / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+        profiler.export_chrome_trace(str(self.folder / "profile_trace.json.gz"))
+        log.info("run.profile_steps: steps %d-%d profiled, %.2f ms per step: %s", self.first, self.last,
+                 summary["wall_ms"], self.folder / "profile.md")
