@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainer import checkpoint, distributed
 from trainer.config import load_config
+from trainer.data.augment import FreqMixStyle
 from trainer.engine import Trainer, precision_in_effect
 from trainer.model.passt import passt_micro
 from trainer.monitor import StepMonitor
@@ -178,6 +179,23 @@ def test_compiled_model_equals_eager_in_evaluation():
     x = torch.randn(4, 1, 128, 138)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x)[0], model(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_mixstyle_compiles_with_inductors_pattern_matcher():
+    """Indexing by a randperm (mu[perm]) crashed inductor's pattern matcher (pytorch#183988), so a graph holding
+    MixStyle could not compile; compiled, forward and backward equal eager for the same draws (fallback_random:
+    inductor draws from eager's generator)."""
+    x = torch.randn(6, 1, 16, 30, requires_grad=True)
+    module = FreqMixStyle(p=1.0).train()
+    compiled = torch.compile(module, dynamic=False, options={"pattern_matcher": True, "fallback_random": True})
+    results = []
+    for run in (module, compiled):
+        torch.manual_seed(4)
+        out = run(x)
+        (grad,) = torch.autograd.grad((out * torch.linspace(-1, 1, 30)).sum(), x)
+        results.append((out.detach(), grad))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(results[0][0], x.detach())  # the batch was mixed
 
 
 def test_compile_auto_is_eager_on_the_cpu_and_a_failed_compile_falls_back_to_eager_with_a_warning(

@@ -117,6 +117,9 @@ def mix_statistics(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor, eps: 
     """x re-normalised with per-bin statistics mixed between each sample (weight lam) and sample perm[i]."""
     mu = x.mean(dim=(1, 3), keepdim=True).detach()
     sig = (x.var(dim=(1, 3), keepdim=True) + eps).sqrt().detach()
-    mixed_sig = lam * sig + (1 - lam) * sig[perm]
-    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    # gather, not mu[perm]: inductor's pattern for x[randperm(n)] crashes compiling it (pytorch#183988), which
+    # would keep MixStyle out of a compiled graph
+    index = perm.view(-1, 1, 1, 1).expand_as(mu)
+    mixed_sig = lam * sig + (1 - lam) * sig.gather(0, index)
+    mixed_mu = lam * mu + (1 - lam) * mu.gather(0, index)
     return (x - mu) / sig * mixed_sig + mixed_mu
