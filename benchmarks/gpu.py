@@ -26,7 +26,9 @@ loader's headroom, the profile), then the levers and the 10-s rows, max-autotune
   eval       evaluation / prediction: front-end + PaSST-S in eval mode, bf16, no gradients (clips/s)
   profile    torch.profiler over the eager and the compiled 1-s model step: kernel time by category (GEMM,
              attention, norm / GELU / elementwise, STFT + mel, optimizer, copies, idle), written beside --out
-             as gpu_profile.md (`gpu_profile.py`), with the 1-s FLAC trainer rows' own profiles beside them
+             as gpu_profile.md (`gpu_profile.py`), with the 1-s FLAC trainer rows' own profiles beside them and
+             each column's longest kernels; the traces beside it (gpu_trace_{step_eager,step_compiled,trainer,
+             trainer_compiled}.json.gz, for ui.perfetto.dev)
   trainer    the real `launch/train.py` (DALI, DeepSpeed ZeRO 0, augmentation, checkpoints) on the corpus; the
              rate is the median of steps.csv's windows after each epoch's first; the 1-s FLAC runs profile the
              window after their first (`run.profile_steps`), which the rate leaves out
@@ -52,6 +54,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -273,6 +276,11 @@ def eval_rate(b: Bench, seconds: float, batch: int, compiled: bool = False) -> N
           clips=f"{seconds:g} s", batch=batch, samples_s=rate, mfu=None, peak_gib=b.peak(), note="bf16, no gradients")
 
 
+def trace_path(out: Path, what: str) -> Path:
+    """Where a profile's trace goes: beside --out, so that a lease brings it back (ui.perfetto.dev reads it)."""
+    return out.parent / f"gpu_trace_{what}.json.gz"
+
+
 def profile_steps(b: Bench, out: Path) -> None:
     """The eager and (if it fits) the compiled 1-s model step under torch.profiler, into gpu_profile.md."""
     batch = 8 if b.tiny else 256
@@ -285,7 +293,7 @@ def profile_steps(b: Bench, out: Path) -> None:
         for _ in range(2 if b.tiny else 5):  # compilation and warm-up outside the profile
             step()
         results[f"{'compiled' if compiled else 'eager'} step, 1-s clips x {batch}"] = gpu_profile.profile_step(
-            step, b.device, 2 if b.tiny else 10)
+            step, b.device, 2 if b.tiny else 10, trace_path(out, f"step_{'compiled' if compiled else 'eager'}"))
     for label, path in b.facts.get("trainer_profiles", {}).items():  # the trainer rows' own (run.profile_steps)
         results[label] = json.loads(path.read_text())
     intro = (f"Measured {datetime.date.today().isoformat()} with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
@@ -343,6 +351,8 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
         b.facts.setdefault("trainer_profiles", {})[
             f"whole trainer{', compiled' if compiled else ''}, {seconds:g}-s clips x {16 if b.tiny else 256} per step"
         ] = work / stage / name / "profile.json"
+        shutil.copyfile(work / stage / name / "profile_trace.json.gz",
+                        trace_path(b.args.out, f"trainer{'_compiled' if compiled else ''}"))
     b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
           batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
           samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=None if pd.isna(peak) else float(peak),

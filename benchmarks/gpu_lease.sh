@@ -7,8 +7,9 @@
 # Budgets for a 15-minute lease: ~30 s to start, ~10 s for calls 1-2, 20 s to install, then the budgets (gpu.py's
 # includes its 40-60 s corpus); gpu.py skips (with a note) what would not fit.  Call 4 needs call 3's gpu.md copied to
 # benchmarks/results/gpu.md here first (it travels with the working tree), or it writes the suite alone.
-# Copy $OUT's gpu.md and gpu_profile.md into benchmarks/results/ here.  gpu.py writes its table after every row,
-# so a call stopped at the time limit still brings back what it measured.
+# Copy $OUT's gpu.md and gpu_profile.md into benchmarks/results/ here; the gpu_trace_*.json.gz beside them are the
+# profiles' traces (read them in ui.perfetto.dev before the session ends: they are not committed).  gpu.py writes
+# its table after every row, so a call stopped at the time limit still brings back what it measured.
 set -euo pipefail
 budget=${1:-420}
 shift || true

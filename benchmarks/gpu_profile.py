@@ -8,12 +8,13 @@ columns against the model step's show what the whole trainer adds (the loader's 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tabulate import tabulate
 
-from trainer.profiling import IDLE, LABELS, Capture
+from trainer.profiling import IDLE, LABELS, Capture, top_kernels_table
 
 LEVERS = {  # what a large share of a category calls for, and the gpu.py row that measures it
     "loader (DALI)": "the loader's GPU stage shares the training GPU: rows `eager, + TAU waveform augmentation` and "
@@ -35,18 +36,21 @@ LEVERS = {  # what a large share of a category calls for, and the gpu.py row tha
 }
 
 
-def profile_step(step: Callable[[], None], device: torch.device, steps: int) -> dict:
-    """Milliseconds per step by category (and idle), over `steps` profiled steps after the caller's warm-up."""
+def profile_step(step: Callable[[], None], device: torch.device, steps: int, trace: Path) -> dict:
+    """Milliseconds per step by category (and idle), over `steps` profiled steps after the caller's warm-up; the
+    trace into `trace` (.json.gz)."""
     capture = Capture(device)
     capture.start()
     for _ in range(steps):
         step()
-    return capture.stop(steps)
+    summary = capture.stop(steps)
+    capture.profiler.export_chrome_trace(str(trace))
+    return summary
 
 
 def markdown(results: dict[str, dict], device: str, intro: str) -> str:
     """One column per profiled step (ms per step and share of its wall time), one row per category with the lever
-    a large share of it calls for."""
+    a large share of it calls for; then each column's longest kernels (what a category's share is made of)."""
     rows = []
     for label in LABELS:
         cells = []
@@ -55,6 +59,8 @@ def markdown(results: dict[str, dict], device: str, intro: str) -> str:
             cells.append(f"{ms:.2f} ({100 * ms / r['wall_ms']:.0f}%)")
         rows.append([label, *cells, LEVERS[label]])
     rows.append(["**step wall time**", *(f"**{r['wall_ms']:.2f}**" for r in results.values()), ""])
+    kernels = "".join(f"\n## {label}: the {len(r['top'])} longest kernels\n\n{top_kernels_table(r)}"
+                      for label, r in results.items())
     return (f"# Where the step's time goes: {device}\n\n{intro}\n\n"
             + tabulate(rows, headers=["kernel time, ms per step (% of wall)", *results, "the lever it calls for"],
-                       tablefmt="github", disable_numparse=True) + "\n")
+                       tablefmt="github", disable_numparse=True) + "\n" + kernels)

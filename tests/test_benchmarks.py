@@ -8,6 +8,8 @@ Every result records the commit it was measured with.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import subprocess
 import sys
@@ -77,6 +79,13 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     for category in ("loader (DALI)", "GEMM", "attention", "norm / GELU / elementwise", "STFT + mel", "optimizer",
                      "copies / gathers", "idle (gaps, host)", "**step wall time**"):
         assert f"| {category}" in profile, (category, profile)
+    for column in ("eager step, 1-s clips x 8", "compiled step, 1-s clips x 8", "whole trainer, 1-s clips x 16 per step",
+                   "whole trainer, compiled, 1-s clips x 16 per step"):  # what each column's shares are made of
+        kernels = profile.split(f"## {column}: the 15 longest kernels")[1].split("##")[0]
+        assert len(re.findall(r"^\| (aten|c10d)::", kernels, re.M)) == 15, (column, kernels)
+    for what in ("step_eager", "step_compiled", "trainer", "trainer_compiled"):  # the traces come back from a lease
+        trace = json.loads(gzip.decompress((tmp_path / f"gpu_trace_{what}.json.gz").read_bytes()))
+        assert any(event.get("name") == "aten::stft" for event in trace["traceEvents"]), what
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_profile
 

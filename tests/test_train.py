@@ -21,6 +21,7 @@ import torch
 
 from trainer.config import load_config
 from trainer.engine import EXIT_PREEMPTED, build_model
+from trainer.profiling import category
 from trainer.sit import exp_warmup_linear_down
 
 from .helpers import TRAIN, cut_short, flip_bit, free_port, logs, run_command, start_ranks, train_overrides, wait_ranks
@@ -158,8 +159,13 @@ def test_a_profiled_run_says_where_its_steps_went(reference, work):
     calls = outermost_calls(trace["traceEvents"])
     assert calls["aten::stft"] == 2  # the step's two micro-batches through the front-end, no more, no less
     assert calls["aten::_fused_adam_"] == 2  # one optimizer step: one fused call per parameter group
+    top = summary["top"]  # the longest operators, what each category's share is made of
+    assert len(top) == 15 and [e["ms"] for e in top] == sorted((e["ms"] for e in top), reverse=True)
+    assert all(e["category"] == category(e["name"]) and e["ms"] <= by[e["category"]] * (1 + 1e-9) for e in top)
+    assert all(e["calls"] > 0 for e in top)
     text = (reference / "profile.md").read_text()
     assert "Optimizer steps 3-3 under torch.profiler" in text and "| GEMM " in text and "step wall time" in text
+    assert "The 15 kernels that took the most time" in text and f"| {top[0]['name']} " in text
     assert "run.profile_steps: steps 3-3 profiled" in logs(work["logs"])
 
 

@@ -38,11 +38,23 @@ CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name
 IDLE = "idle (gaps, host)"
 LABELS = [label for label, _ in CATEGORIES] + ["other", IDLE]  # every category a summary can hold, in table order
 PROFILE_FILES = ("profile.md", "profile.json", "profile_trace.json.gz")  # what a profiled run writes
+TOP_KERNELS = 15  # the kernels a summary names, longest first: what a category's share is made of
 
 
 def category(name: str) -> str:
     lowered = name.lower()
     return next((label for label, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+
+
+def top_kernels_table(summary: dict, width: int = 100) -> str:
+    """The summary's longest kernels as a markdown table (names cut to `width`: C++ template names run long)."""
+    rows = []
+    for entry in summary["top"]:
+        name = entry["name"] if len(entry["name"]) <= width else entry["name"][:width - 3] + "..."
+        rows.append([name.replace("|", "\\|"), entry["category"], f"{entry['ms']:.3f}",
+                     f"{100 * entry['ms'] / summary['wall_ms']:.1f}", f"{entry['calls']:g}"])
+    return tabulate(rows, headers=["kernel", "category", "ms per step", "% of wall", "calls per step"],
+                    tablefmt="github", disable_numparse=True) + "\n"
 
 
 class Capture:
@@ -69,15 +81,22 @@ class Capture:
         wall = (time.perf_counter() - self.started) * 1e3 / steps
         self.profiler.__exit__(None, None, None)
         if self.device.type == "cuda":
-            kernels = [(e.name, e.device_time) for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
+            kernels = [(e.name, e.device_time, 1) for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
         else:
-            kernels = [(e.key, e.self_cpu_time_total) for e in self.profiler.key_averages()
+            kernels = [(e.key, e.self_cpu_time_total, e.count) for e in self.profiler.key_averages()
                        if e.key.startswith(("aten::", "c10d::"))]  # operators and collectives, not Python frames
         totals: dict[str, float] = {}
-        for name, micros in kernels:
+        by_name: dict[str, list] = {}
+        for name, micros, calls in kernels:
             totals[category(name)] = totals.get(category(name), 0.0) + micros / 1e3 / steps
+            entry = by_name.setdefault(name, [0.0, 0])
+            entry[0] += micros / 1e3 / steps
+            entry[1] += calls
         totals[IDLE] = max(0.0, wall - sum(totals.values()))
-        return {"wall_ms": wall, "by_category": totals}
+        top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
+        return {"wall_ms": wall, "by_category": totals,
+                "top": [{"name": name, "category": category(name), "ms": ms, "calls": calls / steps}
+                        for name, (ms, calls) in top]}
 
     def abandon(self) -> None:
         self.profiler.__exit__(None, None, None)
@@ -124,7 +143,8 @@ class StepProfiler:
             f"torch.profiler ({kind} by category; idle = wall time nothing covered). Trace: profile_trace.json.gz "
             "(chrome://tracing or ui.perfetto.dev).\n\n"
             + tabulate(rows, headers=["category", "ms per step", "% of wall"], tablefmt="github",
-                       disable_numparse=True) + "\n")
+                       disable_numparse=True)
+            + f"\n\nThe {len(summary['top'])} kernels that took the most time:\n\n" + top_kernels_table(summary))
         (self.folder / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
         profiler.export_chrome_trace(str(self.folder / "profile_trace.json.gz"))
         log.info("run.profile_steps: steps %d-%d profiled, %.2f ms per step: %s", self.first, self.last,
