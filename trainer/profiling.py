@@ -59,7 +59,8 @@ def top_kernels_table(summary: dict, width: int = 100) -> str:
 
 class Capture:
     """torch.profiler over some steps, from an idle device to an idle device: `start()`, the steps, `stop(steps)`
-    -> {"wall_ms": per step, "by_category": {category: ms per step}} (categories absent when zero)."""
+    -> {"wall_ms": per step, "by_category": {category: ms per step} (categories absent when zero), "top": the
+    longest kernels, [{"name", "category", "ms" per step, "calls" per step}]}."""
 
     def __init__(self, device: torch.device):
         self.device = device
