@@ -129,15 +129,19 @@ def conv_tokens(model: torch.nn.Module):
     return tokens
 
 
-def tau_augment(device: torch.device, batch: int, rate: int):
+def tau_augment_module(device: torch.device, rate: int) -> WaveAugment:
     """The TAU stage's waveform augmentation (`WaveAugment` with configs/tau.yaml's roll, impulse-response
-    probability and gain; devices drawn as TAU's six training devices, `a` first), on synthetic decaying responses
-    of MicIRP's count."""
+    probability and gain) on synthetic decaying responses of MicIRP's count."""
     a = load_config("tau").augment
     n = int(MICIRP["seconds"] * rate)
     responses = torch.randn(MICIRP["responses"], n) * torch.exp(-torch.arange(n) / (0.05 * rate))
-    module = WaveAugment(roll=a.roll, dir_prob=a.dir_prob, impulse_responses=responses,
-                         gain_db=a.gain_db).to(device).train()
+    return WaveAugment(roll=a.roll, dir_prob=a.dir_prob, impulse_responses=responses,
+                       gain_db=a.gain_db).to(device).train()
+
+
+def tau_augment(device: torch.device, batch: int, rate: int):
+    """`tau_augment_module` on a batch whose devices are drawn as TAU's six training devices (`a` first)."""
+    module = tau_augment_module(device, rate)
     devices = torch.randint(6, (batch,), device=device)
     return lambda audio: module(audio, devices)
 

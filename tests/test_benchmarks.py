@@ -287,12 +287,17 @@ def test_patch_embed_benchmark_tiny_times_both_ways_side_by_side(tmp_path):
         assert float(ours[5].rstrip("x")) == pytest.approx(float(ours[4]) / float(reference[4]), rel=0.02)
 
 
-def test_augment_benchmark_tiny_compares_both_fft_lengths(tmp_path):
+def test_augment_benchmark_tiny_compares_both_fft_lengths_and_both_augmentations(tmp_path):
     import torch
 
     text = tiny_benchmark("augment.py", tmp_path, timeout=300)
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ")][1:]
+    lengths, whole = text.split("## The TAU augmentation per step")
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lengths.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 6 * (2 if torch.cuda.is_available() else 1), text
+    steps = [[c.strip() for c in line.split("|")[1:-1]] for line in whole.splitlines() if line.startswith("| ")][1:]
+    assert [row[1] for row in steps] == ["1 s x 4", "10 s x 2"] * (2 if torch.cuda.is_available() else 1)
+    for row in steps:  # the speed-up is the ratio of the two columns
+        assert float(row[4]) == pytest.approx(float(row[2]) / float(row[3]), abs=0.02), row
     assert {row[3] for row in rows[:3]} == {"46304 = 2 x 2 x 2 x 2 x 2 x 1447", "55124 = 2 x 2 x 13781",
                                             "66149 = 29 x 2281"}
     assert {row[4] for row in rows[:3]} == {"46305 = 3 x 3 x 3 x 5 x 7 x 7 x 7", "55125 = 3 x 3 x 5 x 5 x 5 x 7 x 7",

@@ -274,6 +274,33 @@ def test_dir_only_touches_device_a_and_is_a_truncated_convolution(demo_root):
         load_impulse_responses(demo_root["tau22"], 44100)
 
 
+def test_the_augmentation_equals_its_formula_for_its_draws_at_any_clip_length():
+    """Roll, response and gain recomputed from the module's draws (in its order: shift, coin, response, gain) with
+    torch.roll and a direct convolution; a second clip length checks that the responses' cached spectra follow
+    the FFT length."""
+    gen = torch.Generator().manual_seed(0)
+    irs = torch.randn(5, 300, generator=gen) * torch.exp(-torch.arange(300) / 50)
+    module = WaveAugment(roll=40, dir_prob=0.6, impulse_responses=irs, dir_device=1, gain_db=3.0).train()
+    convolved = []
+    for n in (1000, 1500, 1000):
+        x = torch.randn(16, n, generator=gen)
+        devices = torch.arange(16) % 2
+        torch.manual_seed(n)
+        out = module(x, devices)
+        torch.manual_seed(n)
+        shift = torch.randint(-40, 41, (16, 1))
+        chosen = (devices == 1) & (torch.rand(16) < 0.6)
+        which = torch.randint(5, (16,))
+        gain = 10.0 ** ((torch.rand(16, 1) * 2 - 1) * 3.0 / 20.0)
+        for i in range(16):
+            row = torch.roll(x[i].double(), int(shift[i]))
+            if chosen[i]:
+                row = torch.from_numpy(np.convolve(row.numpy(), irs[which[i]].double().numpy())[:n])
+            torch.testing.assert_close(out[i].double(), row * gain[i].double(), rtol=0, atol=1e-5)
+        convolved.append(int(chosen.sum()))
+    assert all(convolved) and sum(convolved) < 3 * int((devices == 1).sum())  # both sides of the coin, each length
+
+
 def test_the_convolution_pads_its_ffts_to_the_next_7_smooth_length_and_stays_exact():
     def smooth(n):
         for p in (2, 3, 5, 7):

@@ -46,24 +46,37 @@ class WaveAugment(nn.Module):
         self.gain_db = gain_db
         self.register_buffer("irs", impulse_responses if impulse_responses is not None else torch.zeros(0, 1),
                              persistent=False)
+        self._spectra: tuple[int, torch.Tensor] | None = None  # (FFT length, rfft of every response over it)
 
     def forward(self, audio: torch.Tensor, device: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return audio
         b, n = audio.shape
         if self.roll:
+            # Row i starts (n - shift_i) mod n samples into the clip played twice: a window of a view, where an
+            # index per sample (b x n int64, built and read every step) costs several memory passes more.
             shift = torch.randint(-self.roll, self.roll + 1, (b, 1), device=audio.device)
-            audio = audio.gather(1, (torch.arange(n, device=audio.device) - shift) % n)
+            start = (n - shift.view(-1)) % n
+            audio = torch.cat([audio, audio], 1).unfold(1, n, 1)[torch.arange(b, device=audio.device), start]
         if self.dir_prob > 0:
             # Every row is convolved and the chosen ones kept: a few FFTs more, but no host sync on how many
             # were chosen (boolean indexing waits for the device).
             chosen = (device == self.dir_device) & (torch.rand(b, device=audio.device) < self.dir_prob)
-            irs = self.irs[torch.randint(len(self.irs), (b,), device=audio.device)]
-            audio = torch.where(chosen[:, None], fft_convolve(audio, irs)[:, :n], audio)
+            size = fast_fft_size(n + self.irs.shape[1] - 1)
+            responses = self.response_spectra(size)[torch.randint(len(self.irs), (b,), device=audio.device)]
+            convolved = torch.fft.irfft(torch.fft.rfft(audio, size) * responses, size)[:, :n]
+            audio = torch.where(chosen[:, None], convolved, audio)
         if self.gain_db:
             gain = (torch.rand(b, 1, device=audio.device) * 2 - 1) * self.gain_db
             audio = audio * 10.0 ** (gain / 20.0)
         return audio
+
+    def response_spectra(self, size: int) -> torch.Tensor:
+        """The responses' rfft over `size` points, computed when the FFT length (the clip length) or the device
+        changes, not every step: they are fixed, and their FFT was a third of the convolution's."""
+        if self._spectra is None or self._spectra[0] != size or self._spectra[1].device != self.irs.device:
+            self._spectra = (size, torch.fft.rfft(self.irs, size))
+        return self._spectra[1]
 
 
 def fft_convolve(x: torch.Tensor, h: torch.Tensor, fast: bool = True) -> torch.Tensor:
