@@ -91,7 +91,7 @@ def fft_convolve(x: torch.Tensor, h: torch.Tensor, fast: bool = True) -> torch.T
 def fast_fft_size(n: int) -> int:
     """The smallest 2^a 3^b 5^c 7^d >= n.  cuFFT and pocketfft are fastest on such lengths and fall back to
     several times slower algorithms on a large prime factor, which N + K - 1 often has (a 1-s clip at 44.1 kHz and
-    a 0.25-s response: 55124 = 4 x 13781; 1.2-8.2x slower on the CPU, `benchmarks/results/augment.md`)."""
+    a 0.25-s response: 55124 = 4 x 13781; 1.3-8.1x slower on the CPU, `benchmarks/results/augment.md`)."""
     best = 1 << max(0, (n - 1).bit_length())  # the power of two
     odd = [1]
     for p in (3, 5, 7):
