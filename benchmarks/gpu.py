@@ -347,16 +347,20 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
         b.compile_s.append(float(compiled_in.group(1)))
     frames = MelFrontend(PRESETS["sit44k"]).frames(int(seconds * 44100))
     peak = pd.read_csv(work / stage / name / "epochs.csv")["peak_memory_gib"].max()
-    if profiled:
+    notes = [precision, compile_note]
+    if profiled and (work / stage / name / "profile.json").exists():
         b.facts.setdefault("trainer_profiles", {})[
             f"whole trainer{', compiled' if compiled else ''}, {seconds:g}-s clips x {16 if b.tiny else 256} per step"
         ] = work / stage / name / "profile.json"
         shutil.copyfile(work / stage / name / "profile_trace.json.gz",
                         trace_path(b.args.out, f"trainer{'_compiled' if compiled else ''}"))
+    elif profiled:  # the trainer warned and trained on (run.profile_steps never fails a run)
+        notes.append(next((line.split("run.profile_steps: ")[1] for line in text.splitlines()
+                           if "run.profile_steps: profiling steps" in line), "no profile written"))
     b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
           batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
           samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=None if pd.isna(peak) else float(peak),
-          note=f"{precision}; {compile_note}".strip("; "))
+          note="; ".join(note for note in notes if note))
 
 
 def loader_rate(b: Bench, folder: Path, batch: int, backend: str, threads: int) -> None:
@@ -504,8 +508,12 @@ def throughput(b: Bench, work: Path) -> None:
     if b.fits("loader", 30):
         dali_loader_rows(b, corpus["sets"]["short"]["shards"], short[1], threads)
     if b.fits("profile", 60):
-        profile_steps(b, b.args.out)
-        b.notes.append(f"profile: {b.lap():.0f} s (gpu_profile.md)")
+        try:
+            profile_steps(b, b.args.out)
+            b.notes.append(f"profile: {b.lap():.0f} s (gpu_profile.md)")
+        except Exception as exc:  # noqa: BLE001 (a profiler failure costs the profile, not the call's other rows)
+            b.notes.append(f"profile: failed after {b.lap():.0f} s: {compile_failure(exc)}")
+            torch._dynamo.reset()
     if b.fits("model", 30):
         for lean in (True, False):
             engine_step(b, *short, lean)

@@ -8,6 +8,7 @@ columns against the model step's show what the whole trainer adds (the loader's 
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +42,14 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int, tra
     trace into `trace` (.json.gz)."""
     capture = Capture(device)
     capture.start()
-    for _ in range(steps):
-        step()
-    summary = capture.stop(steps)
+    try:
+        for _ in range(steps):
+            step()
+        summary = capture.stop(steps)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the rows after this one are not to run under a profiler
+            capture.abandon()
+        raise
     capture.profiler.export_chrome_trace(str(trace))
     return summary
 

@@ -9,6 +9,7 @@ from its name (the first pattern that matches).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -115,21 +116,32 @@ class StepProfiler:
         self.capture: Capture | None = None
 
     def step_done(self, step: int) -> None:
-        """After optimizer step `step` (counted from 1 over the run): start before `first`, stop after `last`."""
-        if self.last < self.first:
+        """After optimizer step `step` (counted from 1 over the run): start before `first`, stop after `last`.
+        A profiler that fails (CUPTI, a full disk) costs the profile, not the run: a WARNING, and no profile files."""
+        if self.last < self.first or step not in (self.first - 1, self.last):
             return
-        if step == self.first - 1:
-            self.capture = Capture(self.device)
-            self.capture.start()
-        elif step == self.last and self.capture is not None:
-            capture, self.capture = self.capture, None
-            self._write(capture.stop(self.last - self.first + 1), capture.profiler)
+        capture = self.capture
+        try:
+            if step == self.first - 1:
+                capture = self.capture = Capture(self.device)
+                capture.start()
+            elif capture is not None:
+                self.capture = None
+                self._write(capture.stop(self.last - self.first + 1), capture.profiler)
+        except Exception as exc:  # noqa: BLE001 (any profiler failure; the training step itself has finished)
+            self.capture = capture
+            self.close()
+            for name in PROFILE_FILES if self.folder is not None else ():
+                (self.folder / name).unlink(missing_ok=True)
+            log.warning("run.profile_steps: profiling steps %d-%d failed, so this run has no profile (training goes "
+                        "on): %s: %s", self.first, self.last, type(exc).__name__, exc)
 
     def close(self) -> None:
         """A run stopped inside the profiled steps (a pre-emption, an error): the profiler stops, nothing is written."""
         if self.capture is not None:
-            self.capture.abandon()
-            self.capture = None
+            capture, self.capture = self.capture, None
+            with contextlib.suppress(Exception):  # a profiler that failed may fail again on the way out
+                capture.abandon()
 
     def _write(self, summary: dict, profiler) -> None:
         if self.folder is None:
