@@ -43,7 +43,8 @@ loader's headroom, the profile), then the levers and the 10-s rows, max-autotune
   suite      the test suite with -n <cores - 2> on this machine (`gpu_suite.py`): pass / fail counts and the failing
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
 Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).  A lever that fails
-(a compiler error, a kernel library's) is a row saying why, and the call goes on.  The optional rows' wheels
+(a compiler error, a kernel library's) or a trainer run that exits non-zero is a row saying why (the run's log
+tail in the output), a profile that fails is a note, and the call goes on.  The optional rows' wheels
 (torchao, liger-kernel) and pytest-xdist for the suite: `bash benchmarks/stage_extras.sh` after the shared
 staging script.
 """
@@ -332,8 +333,15 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
         code = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--stage", stage, *overrides],
                               cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     text = log.read_text()
-    if code != 0:
-        raise RuntimeError(f"trainer run {name} exited {code}; log {log}:\n{text[-3000:]}")
+    what = f"whole trainer, {fmt}{', compiled' if compiled else ''}"
+    batch = f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}"
+    if code != 0:  # a row saying why, its log's tail in the call's output, and the call goes on
+        print(f"trainer run {name} exited {code}; the end of {log}:\n{text[-3000:]}", flush=True)
+        cause = next((line.strip() for line in reversed(text.splitlines())  # the launcher's error or the exception
+                      if re.search(r"^error: |\b\w+(Error|Exception)\b", line)), "see gpu.log")
+        b.add(section="trainer", what=what, clips=f"{seconds:g} s", batch=batch, samples_s=float("nan"), mfu=None,
+              peak_gib=None, note=f"failed: exit {code}: {cause[:200]}")
+        return
     steps = pd.read_csv(work / stage / name / "steps.csv")
     steps["in_epoch"] = steps.groupby("epoch").cumcount()
     profiled_window = steps["step"].between(log_every + 1, log_every + profiled)  # the profiler slowed it
@@ -357,9 +365,8 @@ def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool
     elif profiled:  # the trainer warned and trained on (run.profile_steps never fails a run)
         notes.append(next((line.split("run.profile_steps: ")[1] for line in text.splitlines()
                            if "run.profile_steps: profiling steps" in line), "no profile written"))
-    b.add(section="trainer", what=f"whole trainer, {fmt}{', compiled' if compiled else ''}", clips=f"{seconds:g} s",
-          batch=f"256 = {micro} x {256 // micro}" if not b.tiny else f"16 = {micro} x {16 // micro}",
-          samples_s=rate, mfu=b.mfu(rate, frames), peak_gib=None if pd.isna(peak) else float(peak),
+    b.add(section="trainer", what=what, clips=f"{seconds:g} s", batch=batch, samples_s=rate,
+          mfu=b.mfu(rate, frames), peak_gib=None if pd.isna(peak) else float(peak),
           note="; ".join(note for note in notes if note))
 
 
@@ -406,9 +413,9 @@ def convolution_rate(b: Bench, batch: int, fast: bool) -> None:
 
 
 def write(b: Bench, out: Path) -> None:
-    def rate(section, what, clips):
+    def rate(section, what, clips):  # None for a row that is absent or failed (nan)
         return next((r["samples_s"] for r in b.rows if r["section"] == section and r["what"] == what
-                     and r["clips"] == clips), None)
+                     and r["clips"] == clips and r["samples_s"] == r["samples_s"]), None)
 
     table = [[r["what"], r["clips"], r["batch"], f"{r['samples_s']:.0f}",
               "" if r["mfu"] is None else f"{r['mfu']:.1f}", "" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}",

@@ -139,6 +139,28 @@ def test_compiled_rows_are_budgeted_from_the_compilations_the_call_timed():
     assert not fits_with(999, "eval", 1)  # a section not asked for
 
 
+def test_a_trainer_row_that_fails_says_why_and_the_call_goes_on(tmp_path):
+    """A trainer run that exits non-zero on a lent GPU must not end the call: its row says why, the ratios leave it
+    out, the table is written."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu
+
+    b = gpu.Bench(argparse.Namespace(tiny=True, budget=100.0, sections=["trainer"], out=tmp_path / "gpu.md",
+                                     append=False))
+    b.add(section="model", what="model step, eager", clips="1 s", batch=8, samples_s=400.0, mfu=1.0, note="")
+    missing = tmp_path / "no_corpus" / "short_flac"
+    gpu.trainer_run(b, {"sets": {"short": {"shards": {"flac": missing}}}, "irs": tmp_path}, 1.0, "flac", False,
+                    tmp_path)
+    row = b.rows[-1]
+    assert row["what"] == "whole trainer, flac" and row["samples_s"] != row["samples_s"]  # nan
+    assert re.match(r"failed: exit 2: error: data.root=.*no_corpus, data.dataset=short_flac: no packed dataset",
+                    row["note"]), row["note"]
+    text = (tmp_path / "gpu.md").read_text()
+    assert "| whole trainer, flac" in text and "whole trainer / model step" not in text  # no ratio from a failure
+
+
 def test_results_carry_the_commit_and_only_a_code_change_marks_it_dirty(tmp_path):
     """A benchmark writes its table under benchmarks/results/; the next run measures the same code."""
     def git(*args) -> str:
