@@ -44,7 +44,8 @@ loader's headroom, the profile), then the levers and the 10-s rows, max-autotune
              ids, so one call checks correctness and speed; alone: --sections suite --append (~5 min on 16 cores)
 Every row has the peak GPU memory its step allocated (the trainer's: epochs.csv's peak).  A lever that fails
 (a compiler error, a kernel library's) or a trainer run that exits non-zero is a row saying why (the run's log
-tail in the output), a profile that fails is a note, and the call goes on.  The optional rows' wheels
+tail in the output); any other measurement that raises (an out-of-memory, a profiler) is a note saying why, with
+its traceback in the output; either way the call goes on to the next rows.  The optional rows' wheels
 (torchao, liger-kernel) and pytest-xdist for the suite: `bash benchmarks/stage_extras.sh` after the shared
 staging script.
 """
@@ -61,7 +62,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -143,6 +146,18 @@ class Bench:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def attempt(self, what: str, measure: Callable[..., None], *args, **kwargs) -> None:
+        """`measure(*args, **kwargs)`, whose failure on a machine this code has not met yet becomes a note saying
+        why (its traceback in the output), so that the call goes on to the next rows instead of ending."""
+        try:
+            measure(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 (any failure: the rest of a scarce lease is worth more than this row)
+            traceback.print_exc()
+            self.notes.append(f"{what}: failed after {self.lap():.0f} s, the call went on: {compile_failure(exc)}")
+            torch._dynamo.reset()
+            self.fresh_memory()
+            write(self, self.args.out)
 
     def fresh_memory(self) -> None:
         """Forget what earlier rows cached and allocated, so that the next row's peak is its own."""
@@ -305,6 +320,7 @@ def profile_steps(b: Bench, out: Path) -> None:
                 "Kernel time on the device by category; idle = wall time no kernel covered."))
     (out.parent / "gpu_profile.md").write_text(gpu_profile.markdown(results, device_name(b.device), intro))
     print((out.parent / "gpu_profile.md").read_text(), flush=True)
+    b.notes.append(f"profile: {b.lap():.0f} s (gpu_profile.md)")
 
 
 def trainer_run(b: Bench, corpus: dict, seconds: float, fmt: str, compiled: bool, work: Path) -> None:
@@ -511,66 +527,61 @@ def throughput(b: Bench, work: Path) -> None:
     # reference stack, the loader's headroom and the profile; then the levers and the 10-s rows.
     step_and_trainer(b, corpus, work, *short)
     if b.fits("reference", 45):
-        reference_rows(b, corpus)
+        b.attempt("reference stack", reference_rows, b, corpus)
     if b.fits("loader", 30):
         dali_loader_rows(b, corpus["sets"]["short"]["shards"], short[1], threads)
     if b.fits("profile", 60):
-        try:
-            profile_steps(b, b.args.out)
-            b.notes.append(f"profile: {b.lap():.0f} s (gpu_profile.md)")
-        except Exception as exc:  # noqa: BLE001 (a profiler failure costs the profile, not the call's other rows)
-            b.notes.append(f"profile: failed after {b.lap():.0f} s: {compile_failure(exc)}")
-            torch._dynamo.reset()
+        b.attempt("profile", profile_steps, b, b.args.out)
     if b.fits("model", 30):
         for lean in (True, False):
-            engine_step(b, *short, lean)
-        model_step(b, *short, kind="liger")  # a kernel library's norm against eager's and compile's
-        model_step(b, *short, kind="augmented")  # what the trainer's 1-s (TAU) row does beyond the model step
-        model_step(b, *short, kind="conv patch embed")  # the reference's patch embedding, against PatchEmbed's
-    if b.fits("compiled", 20, compiling=True):
-        model_step(b, *short, kind="whole")
-    for lever in ("cuda graphs", "fp8"):  # what the profile may call for: launch gaps, the MLP GEMMs
+            b.attempt(f"model step, eager, {ENGINES[lean]}", engine_step, b, *short, lean)
+        for lever in ("liger",  # a kernel library's norm against eager's and compile's
+                      "augmented",  # what the trainer's 1-s (TAU) row does beyond the model step
+                      "conv patch embed"):  # the reference's patch embedding, against PatchEmbed's
+            b.attempt(f"model step, {gpu_step.KINDS[lever]}", model_step, b, *short, kind=lever)
+    for lever in ("whole", "cuda graphs", "fp8"):  # one graph; what the profile may call for: launch gaps, MLP GEMMs
         if b.fits("compiled", 20, compiling=True):
-            model_step(b, *short, kind=lever)
+            b.attempt(f"model step, {gpu_step.KINDS[lever]}", model_step, b, *short, kind=lever)
     if b.fits("eval", 20):
         for seconds, batch in steps:
-            eval_rate(b, seconds, batch)
+            b.attempt(f"evaluation, eager, {seconds:g} s", eval_rate, b, seconds, batch)
     if b.fits("loader", 45):
         dali_loader_rows(b, corpus["sets"]["long"]["shards"], long[1], threads)
         for name, batch in (("short", short[1]), ("long", long[1])):
-            loader_rate(b, corpus["sets"][name]["shards"]["flac"], batch, "torch", threads[-1])
+            b.attempt(f"torch loader, {name} clips", loader_rate, b, corpus["sets"][name]["shards"]["flac"], batch,
+                      "torch", threads[-1])
         for name, batch in (("short", short[1]), ("long", long[1])):
             for fmt in ("flac", "pcm16"):
-                decode_per_core(b, corpus["sets"][name]["shards"][fmt], batch)
+                b.attempt(f"decode per core, {name} {fmt}", decode_per_core, b,
+                          corpus["sets"][name]["shards"][fmt], batch)
         for fast in (False, True):
-            convolution_rate(b, short[1], fast)
+            b.attempt("impulse-response convolution", convolution_rate, b, short[1], fast)
     if b.fits("trainer", 60):
-        trainer_run(b, corpus, 1.0, "pcm16", False, work)
+        b.attempt("whole trainer, pcm16, 1 s", trainer_run, b, corpus, 1.0, "pcm16", False, work)
     step_and_trainer(b, corpus, work, *long)
     if b.fits("compiled", 30, compiling=True):  # two forward-only graphs, each cheaper than a training one
         for seconds, batch in steps:
-            eval_rate(b, seconds, batch, compiled=True)
+            b.attempt(f"evaluation, compiled, {seconds:g} s", eval_rate, b, seconds, batch, compiled=True)
     if b.fits("compiled", 300):  # last: benchmarking kernel configurations takes minutes
-        model_step(b, *short, kind="max-autotune")
+        b.attempt("model step, max-autotune", model_step, b, *short, kind="max-autotune")
 
 
 def step_and_trainer(b: Bench, corpus: dict, work: Path, seconds: float, batch: int) -> None:
     """The model step and the whole trainer (FLAC) on `seconds`-long clips, eager and compiled."""
     if b.fits("model", 30):
-        model_step(b, seconds, batch, kind=False)
+        b.attempt(f"model step, eager, {seconds:g} s", model_step, b, seconds, batch, kind=False)
     if b.fits("compiled", 20, compiling=True):  # the call's first compilation: the cold-cache allowance
-        model_step(b, seconds, batch, kind=True)
-    if b.fits("trainer", 60):
-        trainer_run(b, corpus, seconds, "flac", False, work)
-    if b.fits("compiled", 60, compiling=True):
-        trainer_run(b, corpus, seconds, "flac", True, work)
+        b.attempt(f"model step, compiled, {seconds:g} s", model_step, b, seconds, batch, kind=True)
+    for compiled in (False, True):
+        if b.fits("compiled", 60, compiling=True) if compiled else b.fits("trainer", 60):
+            b.attempt(f"whole trainer, flac{', compiled' if compiled else ''}, {seconds:g} s", trainer_run, b, corpus,
+                      seconds, "flac", compiled, work)
 
 
 def dali_loader_rows(b: Bench, shards: dict, batch: int, threads: list[int]) -> None:
     """The DALI loader + mel on FLAC at each thread count, and on pcm16 at the fewest."""
-    for n in threads:
-        loader_rate(b, shards["flac"], batch, "dali", n)
-    loader_rate(b, shards["pcm16"], batch, "dali", threads[0])
+    for fmt, n in [("flac", n) for n in threads] + [("pcm16", threads[0])]:
+        b.attempt(f"DALI loader, {fmt}, {n} threads", loader_rate, b, shards[fmt], batch, "dali", n)
 
 
 def reference_rows(b: Bench, corpus: dict) -> None:
