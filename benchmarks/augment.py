@@ -12,6 +12,7 @@ the chosen ones kept), the median of `--repeats` timed calls after two warm-up c
 from __future__ import annotations
 
 import datetime
+import functools
 import sys
 from pathlib import Path
 
@@ -55,13 +56,13 @@ def whole_augmentation(device: torch.device, clip: float, batch: int, repeats: i
     module = tau_augment_module(device, RATE)
     audio = torch.randn(batch, int(clip * RATE), device=device)
     devices = torch.randint(6, (batch,), device=device)
+    runs = (module, functools.partial(per_step, module))
     outputs = []
-    for run in (module, lambda a, d: per_step(module, a, d)):
+    for run in runs:
         torch.manual_seed(1)
         outputs.append(run(audio, devices))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-5)  # the same augmentation
-    ours, before = (median_seconds(lambda f=f: f(audio, devices), repeats, device)
-                    for f in (module, lambda a, d: per_step(module, a, d)))
+    ours, before = (median_seconds(lambda f=f: f(audio, devices), repeats, device) for f in runs)
     return [device_name(device, threads=device.type == "cpu"), f"{clip:g} s x {batch}", f"{1e3 * before:.2f}",
             f"{1e3 * ours:.2f}", f"{before / ours:.2f}"]
 

@@ -8,7 +8,6 @@ columns against the model step's show what the whole trainer adds (the loader's 
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -47,8 +46,7 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int, tra
             step()
         summary = capture.stop(steps)
     except BaseException:
-        with contextlib.suppress(Exception):  # the rows after this one are not to run under a profiler
-            capture.abandon()
+        capture.abandon()  # the rows after this one are not to run under a profiler
         raise
     capture.profiler.export_chrome_trace(str(trace))
     return summary

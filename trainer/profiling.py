@@ -101,7 +101,10 @@ class Capture:
                         for name, (ms, calls) in top]}
 
     def abandon(self) -> None:
-        self.profiler.__exit__(None, None, None)
+        """Stop profiling without a summary (a step or the capture itself failed); never raises, since a profiler
+        that failed may fail again on the way out and the caller is already handling an error."""
+        with contextlib.suppress(Exception):
+            self.profiler.__exit__(None, None, None)
 
 
 class StepProfiler:
@@ -140,8 +143,7 @@ class StepProfiler:
         """A run stopped inside the profiled steps (a pre-emption, an error): the profiler stops, nothing is written."""
         if self.capture is not None:
             capture, self.capture = self.capture, None
-            with contextlib.suppress(Exception):  # a profiler that failed may fail again on the way out
-                capture.abandon()
+            capture.abandon()
 
     def _write(self, summary: dict, profiler) -> None:
         if self.folder is None:
