@@ -1,5 +1,5 @@
 """The GPU throughput benchmark in one call: corpus, model step, loader, whole trainer and the reference stack,
-side by side, written to benchmarks/results/gpu.md.
+side by side, written to benchmarks/results/gpu.md (the table and the targets' ratios: `gpu_report.py`).
 
     python benchmarks/gpu.py --out benchmarks/results/gpu.md      # a lent GPU machine, after the wheels are staged
     python benchmarks/gpu.py --tiny --out /tmp/gpu_tiny.md        # any CPU: every section, tiny sizes (smoke test)
@@ -69,16 +69,16 @@ from typing import Callable
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tabulate import tabulate
 
 import augment
 import decode
 import gpu_corpus
 import gpu_profile
+import gpu_report
 import gpu_step
 import gpu_suite
 import reference_stack
-from machine import device_name, source_commit
+from machine import device_name
 from trainer.config import deepspeed_config, load_config
 from trainer.data import make_loader
 from trainer.data.augment import fast_fft_size, fft_convolve
@@ -141,7 +141,7 @@ class Bench:
         row["seconds"] = self.lap()  # the row's build, compilation, warm-up and timing
         self.rows.append(row)
         print(json.dumps(row, default=str), flush=True)
-        write(self, self.args.out)  # a call cut off at the device's time limit still leaves every row it measured
+        gpu_report.write(self, self.args.out)  # a call cut off at the device's time limit still leaves every row it measured
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -157,7 +157,7 @@ class Bench:
             self.notes.append(f"{what}: failed after {self.lap():.0f} s, the call went on: {compile_failure(exc)}")
             torch._dynamo.reset()
             self.fresh_memory()
-            write(self, self.args.out)
+            gpu_report.write(self, self.args.out)
 
     def fresh_memory(self) -> None:
         """Forget what earlier rows cached and allocated, so that the next row's peak is its own."""
@@ -235,9 +235,6 @@ def model_step(b: Bench, seconds: float, batch: int, kind: bool | str) -> None:
           note=f"first step {first:.0f} s (compilation)" if kind in gpu_step.COMPILED else "")
 
 
-ENGINES = {True: "DeepSpeed engine ZeRO 0", False: "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"}
-
-
 def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
     """The eager model step through a DeepSpeed engine (ZeRO 0, autocast inside it, as the trainer's JSON has it)
     in this process as one rank: the engine's own cost per step, against the bare step.  lean: as the trainer runs
@@ -263,7 +260,7 @@ def engine_step(b: Bench, seconds: float, batch: int, lean: bool) -> None:
             engine.step()
 
         rate = b.rate(step, batch, warmup=2)
-        b.add(section="model", what=f"model step, eager, {ENGINES[lean]}", clips=f"{seconds:g} s",
+        b.add(section="model", what=f"model step, eager, {gpu_step.ENGINES[lean]}", clips=f"{seconds:g} s",
               batch=batch, samples_s=rate, mfu=b.mfu(rate, frontend.frames(wave.shape[1])), peak_gib=b.peak(),
               note="as the trainer runs it, one rank" if lean else
               "DeepSpeed's default: every step flattens the gradients, all-reduces them over one rank, copies back")
@@ -429,79 +426,6 @@ def convolution_rate(b: Bench, batch: int, fast: bool) -> None:
                                                                    "0.25-s responses")
 
 
-def write(b: Bench, out: Path) -> None:
-    def rate(section, what, clips):  # None for a row that is absent or failed (nan)
-        return next((r["samples_s"] for r in b.rows if r["section"] == section and r["what"] == what
-                     and r["clips"] == clips and r["samples_s"] == r["samples_s"]), None)
-
-    table = [[r["what"], r["clips"], r["batch"], f"{r['samples_s']:.0f}",
-              "" if r["mfu"] is None else f"{r['mfu']:.1f}", "" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}",
-              f"{r['seconds']:.0f}", r["note"]] for r in b.rows]
-    checks = []
-    for clips in ("1 s", "10 s"):
-        for kind in ("eager", "compiled"):
-            step = rate("model", f"model step, {kind}", clips)
-            whole = rate("trainer", f"whole trainer, flac{', compiled' if kind == 'compiled' else ''}", clips)
-            if step and whole:
-                checks.append(f"- whole trainer / model step, {clips} clips, {kind}: {whole:.0f} / {step:.0f} = "
-                              f"**{100 * whole / step:.0f}%** (target >= 95%)")
-    bare = rate("model", "model step, eager", "1 s")
-    for lean, engine in ((lean, rate("model", f"model step, eager, {name}", "1 s")) for lean, name in ENGINES.items()):
-        if bare and engine:
-            checks.append(f"- {ENGINES[lean]} / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
-                          f"**{100 * engine / bare:.0f}%**")
-    augmented = rate("model", f"model step, {gpu_step.KINDS['augmented']}", "1 s")
-    if bare and augmented:
-        checks.append(f"- the TAU waveform augmentation (roll, impulse responses), 1-s clips: step with it / without: "
-                      f"{augmented:.0f} / {bare:.0f} = **{100 * augmented / bare:.0f}%**")
-    conv = rate("model", f"model step, {gpu_step.KINDS['conv patch embed']}", "1 s")
-    if bare and conv:
-        checks.append(f"- patch embedding, 1-s clips: PatchEmbed's GEMM over the kept patches / the reference's Conv2d "
-                      f"over every patch: {bare:.0f} / {conv:.0f} = **{bare / conv:.2f}x**")
-    ours = rate("trainer", "whole trainer, flac", "1 s")
-    ref = rate("reference", "reference stack, whole step", "1 s")
-    if ours and ref:
-        fastest = max(ours, rate("trainer", "whole trainer, flac, compiled", "1 s") or 0)
-        checks.append(f"- whole trainer / reference stack, 1-s clips: {fastest:.0f} / {ref:.0f} = "
-                      f"**{fastest / ref:.2f}x** (target >= 5x)")
-        loader = max((r["samples_s"] for r in b.rows if r["section"] == "loader" and r["clips"] == "1 s"
-                      and "flac" in r["what"] and "dali" in r["what"]), default=None)
-        if loader:
-            checks.append(f"- loader headroom, 1-s FLAC (best DALI row / fastest whole trainer): {loader:.0f} / "
-                          f"{fastest:.0f} = **{loader / fastest:.1f}x** (target >= 3x)")
-    if b.facts.get("decode"):
-        checks += decode.summary(b.facts["decode"], 5 * ref if ref else None, "5x the reference stack above")
-    best = max((r["mfu"] for r in b.rows if r["section"] == "model" and r["mfu"]), default=None)
-    if best:
-        checks.append(f"- best model-step MFU: **{best:.1f}%** of the measured bf16 peak (target >= 55%)")
-    corpus = b.facts.get("corpus")
-    text = ""
-    if b.rows or not b.suite:
-        text = (f"# GPU throughput: model step, loader, whole trainer and the reference stack, side by side\n\n"
-                f"Measured {datetime.date.today().isoformat()} on **{device_name(b.device)}** ({b.cpus} CPU cores; "
-                f"project at {source_commit(REPO)}), "
-                f"torch {torch.__version__}, with `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
-                f"({time.perf_counter() - b.started:.0f} s). bf16 matmul peak measured in the same call: "
-                f"{b.facts.get('peak_tflops', float('nan')):.0f} TFLOP/s (MFU column = training FLOPs, 3x the forward "
-                f"count of `flops_per_sample`, per second over that peak; seconds column = what the row took of the "
-                f"call, its compilation and warm-up included).\n\n"
-                + (f"Corpus: {corpus}\n\n" if corpus else "")
-                + tabulate(table, headers=["what", "clips", "batch", "samples/s", "MFU %", "peak GiB", "seconds", "note"],
-                           tablefmt="github")
-                + "\n\n" + ("\n".join(checks) + "\n\n" if checks else "")
-                + ("\n".join(f"- {n}" for n in b.notes) + "\n" if b.notes else "") + ("\n" if b.suite else ""))
-    if b.suite:  # on the GPU when there is one, whatever --tiny says (the tests choose their devices)
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device_name(b.device, threads=False)
-        text += gpu_suite.markdown(b.suite, device, heading="##" if b.rows else "#",
-                                   intro=f"Measured {datetime.date.today().isoformat()} with `python benchmarks/gpu.py "
-                                         f"{' '.join(sys.argv[1:])}`.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if b.args.append and out.is_file():
-        text = b.previous + "\n" + (text.replace("# GPU throughput", "## More rows: GPU throughput", 1) if b.rows
-                                    else "#" + text)
-    out.write_text(text)
-
-
 def run(b: Bench, work: Path) -> None:
     if set(b.args.sections) - {"suite"}:
         throughput(b, work)
@@ -535,7 +459,7 @@ def throughput(b: Bench, work: Path) -> None:
         b.attempt("profile", profile_steps, b, b.args.out)
     if b.fits("model", 30):
         for lean in (True, False):
-            b.attempt(f"model step, eager, {ENGINES[lean]}", engine_step, b, *short, lean)
+            b.attempt(f"model step, eager, {gpu_step.ENGINES[lean]}", engine_step, b, *short, lean)
         for lever in ("liger",  # a kernel library's norm against eager's and compile's
                       "augmented",  # what the trainer's 1-s (TAU) row does beyond the model step
                       "conv patch embed"):  # the reference's patch embedding, against PatchEmbed's
@@ -617,7 +541,7 @@ def main() -> None:
         try:
             run(b, Path(tmp))
         finally:
-            write(b, b.args.out)
+            gpu_report.write(b, b.args.out)
     print(b.args.out.read_text())
 
 

@@ -23,6 +23,8 @@ KINDS = {  # build_step's `kind` -> the row's name
     "augmented": "eager, + TAU waveform augmentation",  # the trainer's roll and impulse responses before the step
     "conv patch embed": "eager, patch embedding as a Conv2d over every patch",  # the A/B of PatchEmbed's GEMM
 }
+# engine_step's `lean` -> the row's engine: as the trainer runs one rank, and with DeepSpeed's default
+ENGINES = {True: "DeepSpeed engine ZeRO 0", False: "DeepSpeed engine ZeRO 0, one-rank all-reduce kept"}
 COMPILED = (True, "whole", "whole, no pattern matcher", "cuda graphs", "fp8", "max-autotune")  # kinds that compile
 MICIRP = dict(responses=66, seconds=0.25)  # the MicIRP set's count; a typical response length
 
