@@ -1,5 +1,5 @@
-"""run.profile_steps' profiler on its own: which steps it captures, and that a failing profiler costs the profile,
-never the run (a real run's profile is checked in test_train)."""
+"""run.profile_steps' profiler on its own: which steps it captures, that a failing profiler costs the profile,
+never the run (a real run's profile is checked in test_train), and the category of the kernels a GPU trace holds."""
 from __future__ import annotations
 
 import gzip
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from trainer.profiling import PROFILE_FILES, Capture, StepProfiler
+from trainer.profiling import LABELS, PROFILE_FILES, Capture, StepProfiler, category
 
 from .helpers import REPO
 
@@ -74,3 +74,71 @@ def test_gpu_py_profiles_a_step_and_a_failing_step_leaves_no_profiler_running(tm
     with pytest.raises(torch.cuda.OutOfMemoryError):
         gpu_profile.profile_step(failing, torch.device("cpu"), 3, tmp_path / "never.json.gz")
     assert not torch.autograd.profiler._is_profiler_enabled and not (tmp_path / "never.json.gz").exists()
+
+
+GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.11, CUDA 13, Hopper) -> category
+    "GEMM": [
+        "nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNN",  # cuBLAS's Hopper GEMMs: none of the older words in the name
+        "nvjet_tst_64x8_64x16_4x1_v_bz_splitK_TNT",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
+        "__5x_cublas",
+        "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16, false, false>",
+        "cutlass3x_sm90_tensorop_s64x128x16gemm_bf16_bf16_f32_bf16_bf16_128x128x64_1x1x1_0_tnn_align8_warpspecialized",
+        "void gemv2T_kernel_val<int, int, __nv_bfloat16, __nv_bfloat16, float, 128, 16, 4, 4, false, false>",
+        "triton_tem_fused_mm_1",  # max-autotune's GEMM templates
+        "triton_tem_fused_addmm_gelu_4",
+    ],
+    "attention": [
+        "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4, false, false, cutlass::bfloat16_t>>",
+        "void pytorch_flash::flash_bwd_convert_dq_kernel<Flash_bwd_kernel_traits<64, 128, 128, 8>>",  # not a conv
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0",
+        "fmha_cutlassB_bf16_aligned_64x64_k64_sm80(PyTorchMemEffAttention::AttentionBackwardKernel)",
+    ],
+    "STFT + mel": [
+        "void regular_fft<128u, 16u, 8u, (padding_t)1, (twiddle_t)0, (loadstore_modifier_t)2, (layout_t)0, unsigned int,"
+        " float>(kernel_arguments_t<unsigned int>)",
+        "void vector_fft_r2c<256u, 4u, 4u, (padding_t)0, (twiddle_t)0, float>(kernel_arguments_t<unsigned int>)",
+        "void spRadix0064B::kernel1Mem<unsigned int, float, (fftDirection_t)-1, 16u, 64u, 4u, (padding_t)1, false, "
+        "true>(kernel_parameters_t<fft_mem_radix1_t, unsigned int, float>)",
+    ],
+    "optimizer": [
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+        "TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4, "
+        "(at::native::ADAM_MODE)0, false>, float*, float, float, float, float, float, bool, float*, float*>",
+        "triton_for_fused_0",  # a compiled optimizer's foreach kernel
+    ],
+    "communication": ["ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)"],
+    "loader (DALI)": ["void dali::kernels::slice_impl::SliceKernel<float, short, 1>(dali::kernels::slice_impl::"
+                      "SliceSampleDesc<1> const*, dali::kernels::BlockDesc<1> const*)"],
+    "copies / gathers": [
+        "Memcpy HtoD (Pinned -> Device)",
+        "Memset (Device)",
+        "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::"
+        "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#12}>>",
+        "void at::native::(anonymous namespace)::CatArrayBatchedCopy<at::native::(anonymous namespace)::OpaqueType<2>, "
+        "unsigned int, 3, 128, 1>",
+        "void at::native::index_elementwise_kernel<128, 4, at::native::gpu_index_kernel<at::native::index_kernel_impl>>",
+        "void cub::DeviceRadixSortOnesweepKernel<cub::DeviceRadixSortPolicy<unsigned long, long, int>::Policy800>",
+        "triton_poi_fused__to_copy_t_0",  # a weight's cast and transpose: inductor's names list the ops fused
+        "triton_poi_fused__to_copy_convolution_0",  # the cast feeding a GEMM computes no GEMM
+        "triton_poi_fused_cat_index_select_2",
+    ],
+    "norm / GELU / elementwise": [
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>",
+        "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<c10::BFloat16, float>",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
+        "at::native::GeluType)::{lambda()#2}::operator()() const::{lambda(c10::BFloat16)#1}>",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::MeanOps<float, float>>>",
+        "triton_poi_fused__to_copy_add_mul_relu_18",  # casts fused into arithmetic: an elementwise pass, not a copy
+        "triton_red_fused__to_copy_add_native_layer_norm_native_layer_norm_backward_7",
+        "triton_poi_fused_addmm_gelu_3",  # the bias and GELU after an extern GEMM
+    ],
+}
+
+
+@pytest.mark.parametrize("expected", sorted(GPU_KERNELS))
+def test_the_kernels_of_a_gpu_trace_fall_in_their_categories(expected):
+    """The categories decide which lever gpu_profile.md calls for, and only a GPU's names can be wrong there: the
+    names of the kernels its trace shows for this step's work (no GPU trace has been taken yet)."""
+    assert expected in LABELS
+    assert {name: category(name) for name in GPU_KERNELS[expected]} == {name: expected for name in GPU_KERNELS[expected]}

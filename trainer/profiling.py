@@ -27,15 +27,26 @@ log = logging.getLogger(__name__)
 
 CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name), first match wins
     ("loader (DALI)", r"dali"),  # DALI's kernels (dali::kernels::...): the loader's GPU stage on the training GPU
+    # flash / cuDNN / memory-efficient SDPA kernels (flash_bwd_convert_dq must not count as a convolution)
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
-    ("GEMM", r"gemm|matmul|cutlass|cublas|xmma|\bmm\b|aten::mm|addmm|bmm|linear|conv"),
-    ("STFT + mel", r"fft|stft|spectr|mel"),
+    # cuBLAS (nvjet_*: its Hopper kernels; sm90_xmma_gemm_*; splitKreduce), CUTLASS, cuDNN's implicit GEMMs; ATen ops
+    ("GEMM", r"gemm|gemv|nvjet|matmul|cutlass|cublas|xmma|splitkreduce|\bmm\b|aten::mm|addmm|bmm|linear|convolution|"
+             r"conv[12]d"),
+    ("STFT + mel", r"fft|stft|spectr|mel"),  # cuFFT's kernels name fft (regular_fft, vector_fft, fftDirection_t)
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("communication", r"nccl|allreduce|all_reduce|allgather|all_gather|reduce_scatter|gloo"),
-    ("copies / gathers", r"copy|memcpy|memset|\bcat\b|aten::cat|index|gather|scatter|contiguous|clone|randperm"),
-    ("norm / GELU / elementwise", r"norm|gelu|elementwise|vectorized|triton|reduce|add|mul|div|sub|exp|log|pow|sqrt|"
-                                  r"sum|mean|where|fill|max|clamp|neg|rsqrt|tanh|erf"),
+    ("copies / gathers", r"copy|memcpy|memset|\bcat\b|aten::cat|index|gather|scatter|contiguous|clone|randperm|"
+                         r"radixsort"),
+    ("norm / GELU / elementwise", r"norm|gammabeta|gelu|elementwise|vectorized|reduce|add|mul|div|sub|exp|log|pow|"
+                                  r"sqrt|sum|mean|where|fill|max|clamp|neg|rsqrt|tanh|erf"),
 )
+# torch.compile's kernels, triton_<kind>_fused_<the ATen ops fused>_<n>: a pointwise or reduction kernel computes no
+# GEMM and no attention whatever ops its name lists (mm there is a cast or layout of a GEMM's input or output), so
+# its category comes from its ops: data movement and casts alone make it a copy, any arithmetic an elementwise pass
+GENERATED = re.compile(r"^triton_(poi|red|per|tem|for)_fused(\w*?)(?:_\d+)?$")
+MOVES = frozenset("to copy clone cat index gather scatter slice select view unsafe permute t transpose expand "
+                  "unsqueeze squeeze reshape alias constant pad nd full like zeros empty lift fresh put stack split "
+                  "flip roll repeat as strided mm bmm convolution embedding iota arange".split())
 IDLE = "idle (gaps, host)"
 LABELS = [label for label, _ in CATEGORIES] + ["other", IDLE]  # every category a summary can hold, in table order
 PROFILE_FILES = ("profile.md", "profile.json", "profile_trace.json.gz")  # what a profiled run writes
@@ -44,7 +55,23 @@ TOP_KERNELS = 15  # the kernels a summary names, longest first: what a category'
 
 def category(name: str) -> str:
     lowered = name.lower()
+    generated = GENERATED.match(lowered)
+    if generated:
+        return generated_category(*generated.groups())
     return next((label for label, pattern in CATEGORIES if re.search(pattern, lowered)), "other")
+
+
+def generated_category(kind: str, ops: str) -> str:
+    """The category of an inductor kernel from its kind (poi: pointwise, red / per: reduction, tem: a GEMM template,
+    for: a foreach kernel, the compiled optimizer's) and the ATen ops its name lists."""
+    if kind == "tem":
+        return "attention" if "attention" in ops else "GEMM"
+    if kind == "for" or re.search(r"adam|foreach", ops):
+        return "optimizer"
+    if "softmax" in ops:
+        return "attention"
+    tokens = set(filter(None, ops.split("_")))
+    return "copies / gathers" if tokens <= MOVES else "norm / GELU / elementwise"
 
 
 def top_kernels_table(summary: dict, width: int = 100) -> str:
