@@ -7,11 +7,12 @@ import json
 import logging
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.profiler import profile
 
-from trainer.profiling import LABELS, PROFILE_FILES, Capture, StepProfiler, category
+from trainer.profiling import IDLE, LABELS, PROFILE_FILES, Capture, StepProfiler, category, covered_us, summarise
 
 from .helpers import REPO
 
@@ -142,3 +143,24 @@ def test_the_kernels_of_a_gpu_trace_fall_in_their_categories(expected):
     names of the kernels its trace shows for this step's work (no GPU trace has been taken yet)."""
     assert expected in LABELS
     assert {name: category(name) for name in GPU_KERNELS[expected]} == {name: expected for name in GPU_KERNELS[expected]}
+
+
+def test_idle_is_the_wall_time_no_kernel_covered_when_streams_overlap():
+    """On a GPU, DALI's kernels run on their own stream beside the step's: their times summed would count the
+    overlap twice and report less idle time than there was.  Two steps of 10 ms, microseconds on the device."""
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 20_000, 40)
+    intervals = [(float(a), float(a + d)) for a, d in zip(starts, rng.uniform(10, 900, 40))]
+    timeline = np.zeros(21_000, dtype=bool)  # an independent count: the microseconds any kernel touches
+    for a, b in intervals:
+        timeline[int(np.ceil(a)):int(np.ceil(b))] = True
+    assert covered_us(intervals) == pytest.approx(timeline.sum(), abs=40)
+    assert covered_us([(0, 4), (1, 2), (3, 6), (8, 9)]) == 7
+    kernels = [("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", 6000.0, 1),  # the step's stream: 0-6 ms, 10-16 ms
+               ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", 6000.0, 1),
+               ("void dali::kernels::SliceKernel<float, short, 1>", 4000.0, 1),  # DALI's: 2-6 ms, under the GEMM
+               ]
+    summary = summarise(kernels, wall_ms=10.0, steps=2, busy_us=covered_us([(0, 6000), (10_000, 16_000), (2000, 6000)]))
+    assert summary["by_category"] == {"GEMM": 6.0, "loader (DALI)": 2.0, IDLE: 4.0}  # not 10 - 8 = 2 ms
+    assert summary["top"][0] == {"name": kernels[0][0], "category": "GEMM", "ms": 6.0, "calls": 1.0}
+    assert summarise(kernels, wall_ms=10.0, steps=2, busy_us=None)["by_category"][IDLE] == 2.0  # a CPU: summed

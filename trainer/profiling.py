@@ -85,6 +85,36 @@ def top_kernels_table(summary: dict, width: int = 100) -> str:
                     tablefmt="github", disable_numparse=True) + "\n"
 
 
+def covered_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: the time at least one kernel ran, where kernels on several
+    streams (DALI's, the step's) overlap."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def summarise(kernels: list[tuple[str, float, int]], wall_ms: float, steps: int, busy_us: float | None) -> dict:
+    """Capture.stop's summary from (name, microseconds, calls) over `steps` steps of `wall_ms` each.  Idle is the wall
+    time no kernel covered: `busy_us` (the kernels' union on the device), or on a CPU their sum (self times, which do
+    not overlap); a sum on a GPU would count overlapping streams twice and hide idle time."""
+    totals: dict[str, float] = {}
+    by_name: dict[str, list] = {}
+    for name, micros, calls in kernels:
+        totals[category(name)] = totals.get(category(name), 0.0) + micros / 1e3 / steps
+        entry = by_name.setdefault(name, [0.0, 0])
+        entry[0] += micros / 1e3 / steps
+        entry[1] += calls
+    busy = sum(totals.values()) if busy_us is None else busy_us / 1e3 / steps
+    totals[IDLE] = max(0.0, wall_ms - busy)
+    top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
+    return {"wall_ms": wall_ms, "by_category": totals,
+            "top": [{"name": name, "category": category(name), "ms": ms, "calls": calls / steps}
+                    for name, (ms, calls) in top]}
+
+
 class Capture:
     """torch.profiler over some steps, from an idle device to an idle device: `start()`, the steps, `stop(steps)`
     -> {"wall_ms": per step, "by_category": {category: ms per step} (categories absent when zero), "top": the
@@ -110,22 +140,14 @@ class Capture:
         wall = (time.perf_counter() - self.started) * 1e3 / steps
         self.profiler.__exit__(None, None, None)
         if self.device.type == "cuda":
-            kernels = [(e.name, e.device_time, 1) for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
+            events = [e for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
+            kernels = [(e.name, e.device_time, 1) for e in events]
+            busy = covered_us([(e.time_range.start, e.time_range.end) for e in events])
         else:
             kernels = [(e.key, e.self_cpu_time_total, e.count) for e in self.profiler.key_averages()
                        if e.key.startswith(("aten::", "c10d::"))]  # operators and collectives, not Python frames
-        totals: dict[str, float] = {}
-        by_name: dict[str, list] = {}
-        for name, micros, calls in kernels:
-            totals[category(name)] = totals.get(category(name), 0.0) + micros / 1e3 / steps
-            entry = by_name.setdefault(name, [0.0, 0])
-            entry[0] += micros / 1e3 / steps
-            entry[1] += calls
-        totals[IDLE] = max(0.0, wall - sum(totals.values()))
-        top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP_KERNELS]
-        return {"wall_ms": wall, "by_category": totals,
-                "top": [{"name": name, "category": category(name), "ms": ms, "calls": calls / steps}
-                        for name, (ms, calls) in top]}
+            busy = None
+        return summarise(kernels, wall, steps, busy)
 
     def abandon(self) -> None:
         """Stop profiling without a summary (a step or the capture itself failed); never raises, since a profiler
@@ -182,7 +204,8 @@ class StepProfiler:
         kind = "kernel time on the device" if self.device.type == "cuda" else "ATen operators' own CPU time"
         (self.folder / "profile.md").write_text(
             f"# Where this run's steps went: {summary['device']}\n\nOptimizer steps {self.first}-{self.last} under "
-            f"torch.profiler ({kind} by category; idle = wall time nothing covered). Trace: profile_trace.json.gz "
+            f"torch.profiler ({kind} by category; idle = wall time nothing covered; kernels on overlapping streams, "
+            "the loader's beside the step's, can take the shares past 100%). Trace: profile_trace.json.gz "
             "(chrome://tracing or ui.perfetto.dev).\n\n"
             + tabulate(rows, headers=["category", "ms per step", "% of wall"], tablefmt="github",
                        disable_numparse=True)
