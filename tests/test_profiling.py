@@ -110,9 +110,11 @@ GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.1
     ],
     "communication": ["ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)"],
     "loader (DALI)": ["void dali::kernels::slice_impl::SliceKernel<float, short, 1>(dali::kernels::slice_impl::"
-                      "SliceSampleDesc<1> const*, dali::kernels::BlockDesc<1> const*)"],
+                      "SliceSampleDesc<1> const*, dali::kernels::BlockDesc<1> const*)",
+                      "Memcpy HtoD (Pinned -> Device)"],  # the decoded batch's way onto the GPU
     "copies / gathers": [
-        "Memcpy HtoD (Pinned -> Device)",
+        "Memcpy DtoD (Device -> Device)",
+        "Memcpy DtoH (Device -> Pinned)",
         "Memset (Device)",
         "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::"
         "direct_copy_kernel_cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda()#12}>>",

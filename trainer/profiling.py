@@ -26,7 +26,9 @@ from .machine import device_name
 log = logging.getLogger(__name__)
 
 CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name), first match wins
-    ("loader (DALI)", r"dali"),  # DALI's kernels (dali::kernels::...): the loader's GPU stage on the training GPU
+    # DALI's kernels (dali::kernels::...) and host-to-device copies (the batches'; a step makes none of its own): the
+    # loader's GPU stage on the training GPU
+    ("loader (DALI)", r"dali|memcpy htod"),
     # flash / cuDNN / memory-efficient SDPA kernels (flash_bwd_convert_dq must not count as a convolution)
     ("attention", r"flash|fmha|attention|sdpa|softmax"),
     # cuBLAS (nvjet_*: its Hopper kernels; sm90_xmma_gemm_*; splitKreduce), CUTLASS, cuDNN's implicit GEMMs; ATen ops
