@@ -10,9 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from torch.autograd import DeviceType
+from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import profile
 
-from trainer.profiling import IDLE, LABELS, PROFILE_FILES, Capture, StepProfiler, category, covered_us, summarise
+from trainer.profiling import (IDLE, LABELS, PROFILE_FILES, Capture, StepProfiler, category, covered_us, device_work,
+                               summarise)
 
 from .helpers import REPO
 
@@ -166,3 +169,26 @@ def test_idle_is_the_wall_time_no_kernel_covered_when_streams_overlap():
     assert summary["by_category"] == {"GEMM": 6.0, "loader (DALI)": 2.0, IDLE: 4.0}  # not 10 - 8 = 2 ms
     assert summary["top"][0] == {"name": kernels[0][0], "category": "GEMM", "ms": 6.0, "calls": 1.0}
     assert summarise(kernels, wall_ms=10.0, steps=2, busy_us=None)["by_category"][IDLE] == 2.0  # a CPU: summed
+
+
+def test_the_gpu_annotations_of_compiled_graphs_and_optimizers_are_not_counted_as_kernels():
+    """A CUDA profile also holds, on the device's timeline, each record_function range that launched device work
+    (what torch's own tables leave out by is_user_annotation): counted, a compiled graph's whole span would land in
+    'other' on top of its kernels, the optimizer's range on top of Adam's kernel, and the gaps inside them as busy."""
+    def event(name, start, end, device=DeviceType.CUDA, annotation=False):
+        return FunctionEvent(id=0, name=name, thread=0, start_us=start, end_us=end, use_device="cuda",
+                             device_type=device, is_user_annotation=annotation)
+
+    events = [event("## Call CompiledFxGraph fz4kq7 ##", 0, 10_000, DeviceType.CPU),  # the host's range
+              event("## Call CompiledFxGraph fz4kq7 ##", 100, 9_000, annotation=True),  # its mirror on the device
+              event("triton_red_fused_add_native_layer_norm_3", 100, 3_000),
+              event("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT", 6_000, 9_000),
+              event("Optimizer.step#Adam.step", 9_500, 9_900, annotation=True),
+              event("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>",
+                    9_500, 9_800)]
+    work = device_work(events)
+    assert [e.name for e in work] == [e.name for e in events[2:4]] + [events[5].name]
+    summary = summarise([(e.name, e.device_time, 1) for e in work], wall_ms=10.0, steps=1,
+                        busy_us=covered_us([(e.time_range.start, e.time_range.end) for e in work]))
+    assert summary["by_category"] == pytest.approx({"norm / GELU / elementwise": 2.9, "GEMM": 3.0, "optimizer": 0.3,
+                                                    IDLE: 3.8})

@@ -87,6 +87,14 @@ def top_kernels_table(summary: dict, width: int = 100) -> str:
                     tablefmt="github", disable_numparse=True) + "\n"
 
 
+def device_work(events) -> list:
+    """The kernels, copies and memsets among a profile's events.  Not the GPU user annotations: kineto mirrors each
+    record_function range that launched device work onto the device's timeline (inductor's "## Call CompiledFxGraph
+    ##" around a whole compiled graph, "Optimizer.step#Adam.step"), spanning the kernels inside it and the gaps between
+    them, so counting them would count those kernels twice and those gaps as busy."""
+    return [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+
+
 def covered_us(intervals: list[tuple[float, float]]) -> float:
     """Length of the union of [start, end] intervals: the time at least one kernel ran, where kernels on several
     streams (DALI's, the step's) overlap."""
@@ -142,7 +150,7 @@ class Capture:
         wall = (time.perf_counter() - self.started) * 1e3 / steps
         self.profiler.__exit__(None, None, None)
         if self.device.type == "cuda":
-            events = [e for e in self.profiler.events() if e.device_type == DeviceType.CUDA]
+            events = device_work(self.profiler.events())
             kernels = [(e.name, e.device_time, 1) for e in events]
             busy = covered_us([(e.time_range.start, e.time_range.end) for e in events])
         else:
