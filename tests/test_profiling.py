@@ -128,6 +128,7 @@ GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.1
         "triton_poi_fused__to_copy_t_0",  # a weight's cast and transpose: inductor's names list the ops fused
         "triton_poi_fused__to_copy_convolution_0",  # the cast feeding a GEMM computes no GEMM
         "triton_poi_fused_cat_index_select_2",
+        "triton_poi_fused_index_put_new_zeros_0",
     ],
     "norm / GELU / elementwise": [
         "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>",

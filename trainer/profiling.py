@@ -47,8 +47,9 @@ CATEGORIES = (  # (category, pattern over the lower-cased kernel / operator name
 # its category comes from its ops: data movement and casts alone make it a copy, any arithmetic an elementwise pass
 GENERATED = re.compile(r"^triton_(poi|red|per|tem|for)_fused(\w*?)(?:_\d+)?$")
 MOVES = frozenset("to copy clone cat index gather scatter slice select view unsafe permute t transpose expand "
-                  "unsqueeze squeeze reshape alias constant pad nd full like zeros empty lift fresh put stack split "
-                  "flip roll repeat as strided mm bmm convolution embedding iota arange".split())
+                  "unsqueeze squeeze reshape alias detach narrow unbind unfold constant pad nd full like new zeros zero "
+                  "ones empty lift fresh put stack split with sizes flip roll repeat as strided mm bmm convolution "
+                  "embedding iota arange".split())
 IDLE = "idle (gaps, host)"
 LABELS = [label for label, _ in CATEGORIES] + ["other", IDLE]  # every category a summary can hold, in table order
 PROFILE_FILES = ("profile.md", "profile.json", "profile_trace.json.gz")  # what a profiled run writes
