@@ -141,7 +141,8 @@ class Bench:
         row["seconds"] = self.lap()  # the row's build, compilation, warm-up and timing
         self.rows.append(row)
         print(json.dumps(row, default=str), flush=True)
-        gpu_report.write(self, self.args.out)  # a call cut off at the device's time limit still leaves every row it measured
+        # written after every row: a call cut off at the device's time limit still leaves every row it measured
+        gpu_report.write(self, self.args.out)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -37,9 +37,10 @@ def write(b, out: Path) -> None:
                 checks.append(f"- whole trainer / model step, {clips} clips, {kind}: {whole:.0f} / {step:.0f} = "
                               f"**{100 * whole / step:.0f}%** (target >= 95%)")
     bare = rate("model", "model step, eager", "1 s")
-    for lean, engine in ((lean, rate("model", f"model step, eager, {name}", "1 s")) for lean, name in gpu_step.ENGINES.items()):
+    for name in gpu_step.ENGINES.values():
+        engine = rate("model", f"model step, eager, {name}", "1 s")
         if bare and engine:
-            checks.append(f"- {gpu_step.ENGINES[lean]} / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
+            checks.append(f"- {name} / bare model step, 1-s clips, eager: {engine:.0f} / {bare:.0f} = "
                           f"**{100 * engine / bare:.0f}%**")
     augmented = rate("model", f"model step, {gpu_step.KINDS['augmented']}", "1 s")
     if bare and augmented:
