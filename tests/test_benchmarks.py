@@ -97,24 +97,6 @@ def test_gpu_benchmark_tiny_measures_every_section(tmp_path):
     assert "## The test suite on " in text and "tests/test_sit_metrics.py`: **3 passed, 0 failed, 0 error, 0 skipped**" in text
 
 
-@pytest.mark.parametrize("name,category", [
-    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMM"), ("aten::addmm", "GEMM"),
-    ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
-    ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", "attention"), ("aten::_softmax", "attention"),
-    ("triton_red_fused_add_native_layer_norm_12", "norm / GELU / elementwise"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "norm / GELU / elementwise"),
-    ("void regular_fft<256u, 16u, 4u>", "STFT + mel"), ("aten::_fft_r2c", "STFT + mel"),
-    ("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
-    ("Memcpy DtoD (Device -> Device)", "copies / gathers"), ("triton_poi_fused_index_select_3", "copies / gathers"),
-    ("ncclKernel_AllReduce_RING_LL_Sum_float", "communication"), ("void cudnn::engines::winograd", "other"),
-    ("void dali::kernels::signal::fft::impl::Transpose<float>", "loader (DALI)"), ("c10d::allreduce_", "communication"),
-])
-def test_profile_categories_follow_the_kernel_names(name, category):
-    from trainer.profiling import category as category_of
-
-    assert category_of(name) == category
-
-
 def test_compiled_rows_are_budgeted_from_the_compilations_the_call_timed():
     """Before any compilation a compiled row needs the cold-cache allowance; after, 1.5x the slowest one timed."""
     import argparse

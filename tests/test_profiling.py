@@ -80,8 +80,11 @@ def test_gpu_py_profiles_a_step_and_a_failing_step_leaves_no_profiler_running(tm
     assert not torch.autograd.profiler._is_profiler_enabled and not (tmp_path / "never.json.gz").exists()
 
 
-GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.11, CUDA 13, Hopper) -> category
+GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.11, CUDA 13, Hopper), and the
+    # CPU's operator names (aten::, c10d::) -> category
     "GEMM": [
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64",
+        "aten::addmm",  # the CPU's operators
         "nvjet_tst_192x192_64x4_2x1_v_bz_coopB_TNN",  # cuBLAS's Hopper GEMMs: none of the older words in the name
         "nvjet_tst_64x8_64x16_4x1_v_bz_splitK_TNT",
         "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
@@ -93,12 +96,17 @@ GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.1
         "triton_tem_fused_addmm_gelu_4",
     ],
     "attention": [
+        "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>",
+        "fmha_cutlassF_bf16_aligned_64x128_rf_sm80",
+        "aten::_softmax",
         "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4, false, false, cutlass::bfloat16_t>>",
         "void pytorch_flash::flash_bwd_convert_dq_kernel<Flash_bwd_kernel_traits<64, 128, 128, 8>>",  # not a conv
         "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0",
         "fmha_cutlassB_bf16_aligned_64x64_k64_sm80(PyTorchMemEffAttention::AttentionBackwardKernel)",
     ],
     "STFT + mel": [
+        "void regular_fft<256u, 16u, 4u>",
+        "aten::_fft_r2c",
         "void regular_fft<128u, 16u, 8u, (padding_t)1, (twiddle_t)0, (loadstore_modifier_t)2, (layout_t)0, unsigned int,"
         " float>(kernel_arguments_t<unsigned int>)",
         "void vector_fft_r2c<256u, 4u, 4u, (padding_t)0, (twiddle_t)0, float>(kernel_arguments_t<unsigned int>)",
@@ -106,16 +114,21 @@ GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.1
         "true>(kernel_parameters_t<fft_mem_radix1_t, unsigned int, float>)",
     ],
     "optimizer": [
+        "void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>",
         "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
         "TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4, "
         "(at::native::ADAM_MODE)0, false>, float*, float, float, float, float, float, bool, float*, float*>",
         "triton_for_fused_0",  # a compiled optimizer's foreach kernel
     ],
-    "communication": ["ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)"],
+    "communication": ["ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)",
+                      "ncclKernel_AllReduce_RING_LL_Sum_float", "c10d::allreduce_"],
     "loader (DALI)": ["void dali::kernels::slice_impl::SliceKernel<float, short, 1>(dali::kernels::slice_impl::"
                       "SliceSampleDesc<1> const*, dali::kernels::BlockDesc<1> const*)",
+                      "void dali::kernels::signal::fft::impl::Transpose<float>",  # DALI's, though it names fft
                       "Memcpy HtoD (Pinned -> Device)"],  # the decoded batch's way onto the GPU
+    "other": ["void cudnn::engines::winograd"],
     "copies / gathers": [
+        "triton_poi_fused_index_select_3",
         "Memcpy DtoD (Device -> Device)",
         "Memcpy DtoH (Device -> Pinned)",
         "Memset (Device)",
@@ -131,6 +144,8 @@ GPU_KERNELS = {  # kernel names as CUDA traces of this step show them (torch 2.1
         "triton_poi_fused_index_put_new_zeros_0",
     ],
     "norm / GELU / elementwise": [
+        "triton_red_fused_add_native_layer_norm_12",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>",
         "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float>",
         "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<c10::BFloat16, float>",
         "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
