@@ -35,11 +35,14 @@ TRAIN = REPO / "launch" / "train.py"
 
 
 def train_overrides(shards: Path, runs: Path, name: str, dataset: str = "cochlscene", **extra) -> list[str]:
-    """A tiny, fast training stage on the packed test corpus (everything else from configs/<stage>.yaml); eager
-    even on a GPU machine (compiling every run there would cost minutes; the compile tests ask for it)."""
-    settings = {"data.root": shards, "data.dataset": dataset, "data.clip_seconds": 1.0, "data.num_workers": 1, "run.log_every": 2,
-                "init_from": "null", "model.name": "passt_micro", "model.compile": "false", "train.epochs": 3,
-                "train.global_batch": 8, "train.micro_batch": 2, "train.eval_batch": 4, "train.precision": "fp32",
+    """A tiny, fast training stage on the packed test corpus (everything else from configs/<stage>.yaml), run
+    alike on every machine: on the CPU, eager and in fp32 even where a GPU is visible. Several ranks cannot share
+    one GPU (`distributed.rank_device`), compiling every run would cost minutes, and the checks compare runs exactly;
+    the GPU path has its own tests (marked `gpu`), which ask for the device, precision and compile."""
+    settings = {"data.root": shards, "data.dataset": dataset, "data.clip_seconds": 1.0, "data.num_workers": 1,
+                "run.log_every": 2, "init_from": "null", "model.name": "passt_micro", "model.compile": "false",
+                "train.device": "cpu", "train.epochs": 3, "train.global_batch": 8, "train.micro_batch": 2,
+                "train.eval_batch": 4, "train.precision": "fp32",
                 "optim.lr": 1e-3, "optim.head_lr": 1e-2, "schedule.warm_up_len": 1, "schedule.ramp_down_start": 1,
                 "schedule.ramp_down_len": 2, "run.out": runs, "run.name": name, "augment.dir_prob": 0.0}
     settings.update({k.replace("__", "."): v for k, v in extra.items()})

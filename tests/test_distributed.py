@@ -122,6 +122,58 @@ def test_setup_replaces_or_refuses_a_group_without_a_backend_for_the_device(monk
         set_accelerator(accelerator)
 
 
+def _one_gpu_node(monkeypatch) -> None:
+    """This machine as a node that shows one GPU (an H100 / H200 lease): CUDA visible, one device, and a CUDA
+    call that would come too late to name the setting."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail("CUDA was asked for a device it lacks"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+
+
+def test_more_ranks_on_a_node_than_it_has_gpus_is_a_setting_error_by_name(monkeypatch):
+    """Two ranks on a one-GPU node: rank 0 gets the GPU; rank 1 stops before any CUDA call with an error that says
+    what is wrong and what to change (CUDA's own, from set_device, is "invalid device ordinal"); a launcher exits
+    2 on it, so SLURM does not requeue the job."""
+    import torch
+    import torch.distributed as dist
+
+    from trainer import distributed
+    from trainer.configtools import ConfigError
+
+    _one_gpu_node(monkeypatch)
+    assert distributed.rank_device("auto", 0) == torch.device("cuda", 0)
+    message = (r"LOCAL_RANK=1 needs CUDA device 1, but this node shows 1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=3\): "
+               r"start at most 1 process\(es\) per node \(torchrun --nproc_per_node, .*\), or run on the CPU "
+               r"\(train.device=cpu; launch/predict.py --device cpu\)")
+    for choice in ("auto", "cuda"):
+        with pytest.raises(ConfigError, match=message):
+            distributed.rank_device(choice, 1)
+    assert distributed.rank_device("cpu", 1) == torch.device("cpu")
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(distributed.free_port()))):
+        monkeypatch.setenv(name, value)
+    distributed.teardown()
+    with pytest.raises(ConfigError, match=message):
+        distributed.setup("auto")  # the trainer's and launch/predict.py's way in
+    assert not dist.is_initialized()  # refused before joining: rank 0 is not left holding a half-made group
+
+
+def test_the_suites_runs_take_the_cpu_path_on_a_one_gpu_node(monkeypatch, tmp_path):
+    """The suite starts its trainer runs with two ranks on one machine: on a GPU machine of one GPU (the leases'),
+    they would each want a GPU of their own. `train_overrides` runs them on the CPU everywhere."""
+    from trainer import distributed
+
+    from .helpers import train_overrides
+
+    _one_gpu_node(monkeypatch)
+    settings = dict(item.split("=", 1) for item in train_overrides(tmp_path, tmp_path, "run"))
+    device = settings.get("train.device", "auto")  # absent: the stage YAMLs' auto
+    assert [distributed.rank_device(device, local).type for local in (0, 1)] == ["cpu", "cpu"]
+
+
 def _engine_run(zero: int, skip: bool, monkeypatch) -> tuple[dict, int]:
     """Three optimizer steps of 2 accumulated micro-batches through a one-rank engine: (weights, all-reduces run)."""
     import deepspeed

@@ -50,9 +50,10 @@ def runs(trainable, demo_root, tmp_path_factory) -> dict[str, Path]:
 
 
 def _predict(*args, cwd_out: Path) -> tuple[pd.DataFrame, str]:
+    """launch/predict.py on the CPU on every machine: its numbers are checked against CPU computations."""
     out = cwd_out / "out.csv"
     done = run_command([sys.executable, str(PREDICT), *map(str, args), "--out", str(out), "--workers", "1",
-                        "--batch-size", "5"])
+                        "--batch-size", "5", "--device", "cpu"])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return pd.read_csv(out, sep="\t"), done.stdout
 
@@ -158,7 +159,7 @@ def test_two_ranks_predict_every_clip_exactly_once(runs, trainable, audio_folder
         (tmp_path / "logs").mkdir(exist_ok=True)
         out = tmp_path / "two.csv"
         procs = start_ranks(["--model", str(runs["a"]), *map(str, args), "--out", str(out), "--workers", "1",
-                             "--batch-size", "2"], tmp_path / "logs", script=PREDICT)
+                             "--batch-size", "2", "--device", "cpu"], tmp_path / "logs", script=PREDICT)
         assert wait_ranks(procs) == [0, 0], logs(tmp_path / "logs")
         two = pd.read_csv(out, sep="\t")
         assert two["filename"].is_unique and sorted(two["filename"]) == sorted(single["filename"])

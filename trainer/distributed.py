@@ -16,6 +16,8 @@ from typing import NoReturn
 import torch
 import torch.distributed as dist
 
+from .configtools import ConfigError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -69,20 +71,40 @@ def launcher_environment(env: dict[str, str]) -> dict[str, str]:
 
 def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
+
+
+def rank_device(choice: str, local_rank: int) -> torch.device:
+    """This rank's device: `choice` resolved, and on CUDA the GPU of the rank's place on its node (LOCAL_RANK).
+
+    More ranks on a node than GPUs it shows is a bad setting, refused here by name (the launchers exit 2, and a
+    SLURM job is not requeued): CUDA's own answer, at the first call, is "invalid device ordinal".
+    """
+    device = resolve_device(choice)
+    if device.type != "cuda":
+        return device
+    visible = torch.cuda.device_count()
+    if local_rank >= visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"LOCAL_RANK={local_rank} needs CUDA device {local_rank}, but this node shows {visible} CUDA device(s)"
+            f"{f' (CUDA_VISIBLE_DEVICES={shown})' if shown is not None else ''}: start at most {visible} process(es) "
+            "per node (torchrun --nproc_per_node, deepspeed --num_gpus, srun --ntasks-per-node; an srun task must "
+            "see all of its node's GPUs: not --gpus-per-task or --gpu-bind to one each), or run on the CPU "
+            "(train.device=cpu; launch/predict.py --device cpu)")
+    return torch.device("cuda", local_rank)
 
 
 def setup(device_choice: str) -> Dist:
     """Join (or create) the process group on the chosen device type; idempotent."""
     os.environ.update(launcher_environment(dict(os.environ)))
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    device = resolve_device(device_choice)
+    device = rank_device(device_choice, local)
     if device.type == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
     else:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed must not pick CUDA for a CPU run
     info = Dist(rank, world, local, device)
