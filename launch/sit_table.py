@@ -49,7 +49,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true", help="the built-in demo corpus, passt_mini: "
                    "3 methods x splits 50 100 x seeds 0 1 on a CPU")
     p.add_argument("--launcher", help="command that starts train.py (default: torchrun over this machine's GPUs "
-                   "when there are several, else python), e.g. 'deepspeed --num_gpus 4'")
+                   "when there are several and the runs use them, else python), e.g. 'deepspeed --num_gpus 4'")
     p.add_argument("--slurm", action="store_true", help="submit the graph as SLURM jobs instead of running it here; "
                    "arguments after -- go to every sbatch call")
     p.add_argument("--table-only", action="store_true", help="only aggregate the finished runs")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = execute.run_local(table, launcher)
     trained = [o for o in outcomes if o.status == "trained"]
     if trained:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(execute.run_device(table))
         minutes = (time.perf_counter() - started) / 60
         results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in {minutes:.1f} min "
                                    f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), "

@@ -113,6 +113,23 @@ def test_bad_specs_are_refused(spec, message):
         Table(TableSpec("t", **spec), Path("/tables"))
 
 
+def test_the_local_launcher_starts_a_process_per_gpu_only_for_runs_on_the_gpus(monkeypatch):
+    """On a machine of 4 GPUs: torchrun with 4 processes, unless the runs train on the CPU (train.device=cpu, the
+    last one given), which take one process: 4 CPU ranks would split the global batch for nothing."""
+    import torch
+
+    from trainer.table import execute
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    for overrides, device, launcher in (([], "cuda", torchrun), (["train.device=cpu"], "cpu", [sys.executable]),
+                                        (["train.device=cpu", "train.device=auto"], "cuda", torchrun),
+                                        (["train.device=cuda", "train.device=cpu"], "cpu", [sys.executable])):
+        table = Table(TableSpec("t", splits=[5], seeds=[0], overrides=overrides), Path("/tables"))
+        assert (execute.run_device(table), execute.default_launcher(table)) == (device, launcher), overrides
+
+
 def test_runs_are_skipped_when_done_resumed_when_preempted_and_failures_block_their_tau_runs(fake, tmp_path,
                                                                                              monkeypatch, capsys):
     args, calls = fake

@@ -26,11 +26,20 @@ SBATCH_SCRIPT = REPO / "launch" / "slurm" / "sit_table.sbatch"
 EXIT_PREEMPTED = 75  # the trainer's: checkpointed after a pre-emption signal
 
 
-def default_launcher() -> list[str]:
-    """One process per GPU: torchrun over the GPUs of this machine when there are several, else plain python."""
+def run_device(table: Table) -> str:
+    """Where the table's runs train: the last `train.device=` of its overrides (the stages' default: auto)."""
+    from ..distributed import resolve_device
+
+    chosen = [o.split("=", 1)[1] for o in table.spec.overrides if o.startswith("train.device=")]
+    return resolve_device(chosen[-1] if chosen else "auto").type
+
+
+def default_launcher(table: Table) -> list[str]:
+    """One process per GPU: torchrun over the GPUs of this machine when there are several and the runs train on
+    them, else plain python (runs on the CPU: one process, as the number of GPUs says nothing about them)."""
     import torch
 
-    gpus = torch.cuda.device_count()
+    gpus = torch.cuda.device_count() if run_device(table) == "cuda" else 0
     if gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     return [sys.executable]
@@ -44,7 +53,7 @@ class Outcome:
 
 def run_local(table: Table, launcher: list[str] | None = None) -> list[Outcome]:
     """Train every run that is not done, in plan order; stops at a pre-emption (rerun to resume)."""
-    launcher = launcher or default_launcher()
+    launcher = launcher or default_launcher(table)
     logs = table.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runs = table.runs()
