@@ -98,11 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started, outcomes = time.perf_counter(), []
     if not args.table_only:
+        try:
+            device = torch.device(execute.run_device(table))  # here, not for --slurm: the cluster's nodes decide
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         launcher = shlex.split(args.launcher) if args.launcher else None
         outcomes = execute.run_local(table, launcher)
     trained = [o for o in outcomes if o.status == "trained"]
     if trained:
-        device = torch.device(execute.run_device(table))
         minutes = (time.perf_counter() - started) / 60
         results.record_call(table, f"{time.strftime('%Y-%m-%d')}: {len(trained)} run(s) trained in {minutes:.1f} min "
                                    f"on {device_name(device, threads=False)} ({os.cpu_count()} cores), "

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from trainer.config import load_config
@@ -116,8 +117,6 @@ def test_bad_specs_are_refused(spec, message):
 def test_the_local_launcher_starts_a_process_per_gpu_only_for_runs_on_the_gpus(monkeypatch):
     """On a machine of 4 GPUs: torchrun with 4 processes, unless the runs train on the CPU (train.device=cpu, the
     last one given), which take one process: 4 CPU ranks would split the global batch for nothing."""
-    import torch
-
     from trainer.table import execute
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -128,6 +127,17 @@ def test_the_local_launcher_starts_a_process_per_gpu_only_for_runs_on_the_gpus(m
                                         (["train.device=cuda", "train.device=cpu"], "cpu", [sys.executable])):
         table = Table(TableSpec("t", splits=[5], seeds=[0], overrides=overrides), Path("/tables"))
         assert (execute.run_device(table), execute.default_launcher(table)) == (device, launcher), overrides
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="train.device=cuda but no CUDA device is visible"):
+        execute.run_device(Table(TableSpec("t", overrides=["train.device=cuda"]), Path("/tables")))
+
+
+def test_runs_asked_on_cuda_where_there_is_none_stop_before_any_starts(fake, capsys):
+    args, calls = fake
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert sit_table.main(args + ["--name", "t", "--splits", "5", "--seeds", "0", "train.device=cuda"]) == 2
+    assert "error: train.device=cuda but no CUDA device is visible" in capsys.readouterr().err and calls() == []
 
 
 def test_runs_are_skipped_when_done_resumed_when_preempted_and_failures_block_their_tau_runs(fake, tmp_path,
