@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from data_shards.manifest import load_manifest
 from data_shards.shards import iter_samples
 from data_shards.sources import demo
@@ -96,3 +99,11 @@ def flip_bit(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
+
+
+def pretend_gpus(monkeypatch, count: int) -> None:
+    """This CPU machine as one whose CUDA shows `count` GPUs, for code that only asks (is_available,
+    device_count); a device actually chosen (set_device) fails the test, as it would this machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail(f"CUDA was asked for device {a}"))

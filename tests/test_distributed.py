@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from .helpers import REPO, start_ranks, wait_ranks
+from .helpers import REPO, pretend_gpus, start_ranks, wait_ranks
 
 SCENARIO = """
 import os, sys, time
@@ -122,17 +122,6 @@ def test_setup_replaces_or_refuses_a_group_without_a_backend_for_the_device(monk
         set_accelerator(accelerator)
 
 
-def _one_gpu_node(monkeypatch) -> None:
-    """This machine as a node that shows one GPU (an H100 / H200 lease): CUDA visible, one device, and a CUDA
-    call that would come too late to name the setting."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail("CUDA was asked for a device it lacks"))
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-
-
 def test_more_ranks_on_a_node_than_it_has_gpus_is_a_setting_error_by_name(monkeypatch):
     """Two ranks on a one-GPU node: rank 0 gets the GPU; rank 1 stops before any CUDA call with an error that says
     what is wrong and what to change (CUDA's own, from set_device, is "invalid device ordinal"); a launcher exits
@@ -143,7 +132,8 @@ def test_more_ranks_on_a_node_than_it_has_gpus_is_a_setting_error_by_name(monkey
     from trainer import distributed
     from trainer.configtools import ConfigError
 
-    _one_gpu_node(monkeypatch)
+    pretend_gpus(monkeypatch, 1)  # a node like the H100 / H200 leases
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert distributed.rank_device("auto", 0) == torch.device("cuda", 0)
     message = (r"LOCAL_RANK=1 needs CUDA device 1, but this node shows 1 CUDA device\(s\) \(CUDA_VISIBLE_DEVICES=3\): "
                r"start at most 1 process\(es\) per node \(torchrun --nproc_per_node, .*\), or run on the CPU "
@@ -168,7 +158,7 @@ def test_the_suites_runs_take_the_cpu_path_on_a_one_gpu_node(monkeypatch, tmp_pa
 
     from .helpers import train_overrides
 
-    _one_gpu_node(monkeypatch)
+    pretend_gpus(monkeypatch, 1)
     settings = dict(item.split("=", 1) for item in train_overrides(tmp_path, tmp_path, "run"))
     device = settings.get("train.device", "auto")  # absent: the stage YAMLs' auto
     assert [distributed.rank_device(device, local).type for local in (0, 1)] == ["cpu", "cpu"]

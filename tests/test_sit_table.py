@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from trainer.config import load_config
 from trainer.table.plan import Table, TableSpec
 
-from .helpers import REPO
+from .helpers import REPO, pretend_gpus
 
 sys.path.insert(0, str(REPO / "launch"))
 import sit_table  # noqa: E402
@@ -119,8 +119,7 @@ def test_the_local_launcher_starts_a_process_per_gpu_only_for_runs_on_the_gpus(m
     last one given), which take one process: 4 CPU ranks would split the global batch for nothing."""
     from trainer.table import execute
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    pretend_gpus(monkeypatch, 4)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
     for overrides, device, launcher in (([], "cuda", torchrun), (["train.device=cpu"], "cpu", [sys.executable]),
                                         (["train.device=cpu", "train.device=auto"], "cuda", torchrun),
