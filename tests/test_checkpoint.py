@@ -27,6 +27,19 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
     assert _draws() == expected
 
 
+def test_cuda_rng_state_is_saved_only_where_the_process_has_started_cuda(monkeypatch):
+    """Asking CUDA for its RNG state starts CUDA: a CPU run's checkpoint holds none, on a GPU machine too; a GPU
+    run's holds it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a: pytest.fail("CUDA was started by rng_state"))
+    assert "cuda" not in checkpoint.rng_state()
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a: cuda_state)
+    assert torch.equal(checkpoint.rng_state()["cuda"], cuda_state)
+
+
 class _Engine:
     def __init__(self, tag: Path, zero_stage: int = 0):
         self.tag, self.zero_stage = tag, zero_stage

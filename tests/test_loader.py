@@ -17,7 +17,7 @@ from trainer.data import make_loader
 from trainer.data.augment import FreqMixStyle, WaveAugment, fast_fft_size, fft_convolve, load_impulse_responses
 from trainer.data.epoch import plan_epoch, training_order
 
-from .helpers import read_split
+from .helpers import pretend_gpus, read_split
 
 BACKENDS = ["dali", "torch"]
 
@@ -387,8 +387,30 @@ def test_resampling_when_the_config_rate_differs_from_the_shards(packed):
     assert corr.min() > 0.99
 
 
+@pytest.mark.parametrize("device,pinned", [("cpu", False), ("cuda", True)])
+def test_the_torch_reader_pins_batches_only_for_a_run_on_the_gpu(packed, monkeypatch, device, pinned):
+    """Page-locked batches serve only copies to a GPU: a CPU run on a GPU machine (the suite's runs there) must not
+    pay for pinning every batch (a copy, and CUDA's host allocator), a GPU run must pin.  The machine shows a GPU
+    here; what the DataLoader is asked for is checked."""
+    from trainer.data import torch_loader
+
+    pretend_gpus(monkeypatch, 1)
+    monkeypatch.setattr(WaveAugment, "to", lambda self, device: self)  # the loader's augmentation stays here
+    asked = []
+
+    def loader(*args, pin_memory, **kwargs):
+        asked.append(pin_memory)
+        return torch.utils.data.DataLoader(*args, pin_memory=False, **kwargs)
+
+    monkeypatch.setattr(torch_loader, "DataLoader", loader)
+    built = make_loader(packed["tau22"], "test", batch_size=3, training=False, backend="torch", num_workers=0,
+                        device=device)
+    assert next(iter(built.reader.epoch(0)))[0].shape[0] == 3
+    assert asked == [pinned]
+
+
 def test_keys_survive_torchs_pin_memory_step(packed, monkeypatch):
-    """Where CUDA is, the torch reader's DataLoader pins every batch, rebuilding each Sequence from its items;
+    """In a GPU run the torch reader's DataLoader pins every batch, rebuilding each Sequence from its items;
     a CPU run skips that step, so it is applied here by hand (tensors 'pinned' in place: no CUDA to pin with)."""
     from torch.utils.data._utils.pin_memory import pin_memory
 

@@ -39,7 +39,9 @@ def tag_name(epoch: int, global_step: int) -> str:
 
 def rng_state() -> dict:
     """The RNG states as tensors, numbers and lists only, so that `torch.load(weights_only=True)` reads them back
-    (a run folder is data: resuming from it must not unpickle arbitrary objects)."""
+    (a run folder is data: resuming from it must not unpickle arbitrary objects).  CUDA's (of the current device)
+    only where this process has started CUDA, as a GPU run has: asking would start it, and a CPU run's checkpoint
+    holds the same states on a GPU machine as on one without."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     state = {"torch": torch.get_rng_state(),
@@ -47,7 +49,7 @@ def rng_state() -> dict:
                        "cached_gaussian": float(gauss)},
              "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
                         "gauss_next": gauss_next}}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
@@ -59,7 +61,7 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"].tolist()), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])  # lazy: applied when (if) this process starts CUDA
 
 
 def seed_everything(seed: int) -> None:

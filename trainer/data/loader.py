@@ -122,7 +122,7 @@ def make_loader(shards: str | Path, split: str, *, batch_size: int, training: bo
         from .torch_loader import TorchReader
 
         reader = TorchReader(folder, manifest, split, plan, sample_rate=rate, crop=crop, seed=seed,
-                             num_workers=num_workers, subset=subset)
+                             num_workers=num_workers, subset=subset, pin_memory=torch_device.type == "cuda")
     irs, dir_device = None, -1
     if dir_prob > 0:
         irs = load_impulse_responses(dir_folder or "", rate)

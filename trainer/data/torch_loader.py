@@ -105,11 +105,13 @@ def _collate(batch: list[tuple[np.ndarray, np.ndarray, bytes]]) -> tuple[torch.T
 
 class TorchReader:
     """Yields exactly `plan.batches` batches per epoch: shuffled within the rank's range in training,
-    in order (last sample repeated as padding) in evaluation.  Order and crops depend on (seed, epoch, rank)."""
+    in order (last sample repeated as padding) in evaluation.  Order and crops depend on (seed, epoch, rank).
+    pin_memory: batches into page-locked memory, for a run on the GPU (the copies to it go faster and async)."""
 
     def __init__(self, folder: Path, manifest: dict, split: str, plan: EpochPlan, *, sample_rate: int,
-                 crop: int | None, seed: int, num_workers: int = 2, subset: Subset | None = None):
-        self.plan, self.seed, self.num_workers = plan, seed, num_workers
+                 crop: int | None, seed: int, num_workers: int = 2, subset: Subset | None = None,
+                 pin_memory: bool = False):
+        self.plan, self.seed, self.num_workers, self.pin_memory = plan, seed, num_workers, pin_memory
         self.dataset = ClipDataset(read_entries(folder, manifest, split, subset), audio_format=manifest["audio_format"],
                                    source_rate=manifest["sample_rate"], sample_rate=sample_rate, crop=crop,
                                    training=plan.training, seed=seed + plan.rank)
@@ -126,5 +128,5 @@ class TorchReader:
         items = [(i, epoch) for i in self.positions(epoch)][skip * self.plan.batch_size:]
         batches = [items[b:b + self.plan.batch_size] for b in range(0, len(items), self.plan.batch_size)]
         loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers, collate_fn=_collate,
-                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                            pin_memory=self.pin_memory, persistent_workers=False)
         yield from loader
