@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import MISSING
 
-from .configtools import ConfigError, merge_layers
+from .configtools import ConfigError, last_override, merge_layers
 from .data.dataset import DatasetError, check_request, open_dataset
 from .data.epoch import plan_epoch
 from .data.loader import BACKENDS
@@ -182,12 +182,12 @@ def load_config(stage: str, overrides: list[str] = (), *, demo: bool = False, co
         layers.append(configs / "demo" / f"{stage}.yaml")
         if not layers[1].is_file():
             raise ConfigError(f"--demo has no settings for stage {stage!r} ({layers[1]})")
-    protocol = [o.split("=", 1)[1] for o in overrides if o.startswith("protocol=")]
-    if protocol and protocol[-1] != "project":
-        _choice("protocol", protocol[-1], PROTOCOLS)
-        preset = configs / "protocol" / protocol[-1] / f"{stage}.yaml"
+    protocol = last_override(overrides, "protocol")
+    if protocol is not None and protocol != "project":
+        _choice("protocol", protocol, PROTOCOLS)
+        preset = configs / "protocol" / protocol / f"{stage}.yaml"
         if not preset.is_file():
-            raise ConfigError(f"protocol={protocol[-1]} has no preset for stage {stage!r} ({preset})")
+            raise ConfigError(f"protocol={protocol} has no preset for stage {stage!r} ({preset})")
         layers.append(preset)
     return merge_layers(Config, layers, {"stage": stage}, overrides, example="train.epochs=5")
 

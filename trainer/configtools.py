@@ -33,6 +33,13 @@ def merge_layers(schema: type, files: list[Path], fixed: dict, overrides: list[s
         raise ConfigError(f"config key {key!r}: {message}" if key else f"config: {message}") from None
 
 
+def last_override(overrides: list[str], key: str) -> str | None:
+    """The value of the last `key=value` among the overrides (the one that wins the merge), or None if none sets it;
+    for what must be known before merging (a preset to layer in, the device a launcher starts processes for)."""
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
 def to_dict(cfg) -> dict:
     """Any typed config (stage or continual) as plain containers."""
     return OmegaConf.to_container(OmegaConf.structured(cfg))

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..configtools import last_override
 from .plan import Run, Table
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ def run_device(table: Table) -> str:
     """Where the table's runs train: the last `train.device=` of its overrides (the stages' default: auto)."""
     from ..distributed import resolve_device
 
-    chosen = [o.split("=", 1)[1] for o in table.spec.overrides if o.startswith("train.device=")]
-    return resolve_device(chosen[-1] if chosen else "auto").type
+    chosen = last_override(table.spec.overrides, "train.device")
+    return resolve_device("auto" if chosen is None else chosen).type
 
 
 def default_launcher(table: Table) -> list[str]:
