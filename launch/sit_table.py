@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        launcher = shlex.split(args.launcher) if args.launcher else None
+        launcher = shlex.split(args.launcher) if args.launcher else execute.default_launcher(device.type)
         outcomes = execute.run_local(table, launcher)
     trained = [o for o in outcomes if o.status == "trained"]
     if trained:

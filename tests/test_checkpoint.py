@@ -12,6 +12,8 @@ from trainer import checkpoint
 from trainer.checkpoint_files import seal
 from trainer.configtools import ConfigError
 
+from .helpers import pretend_gpus
+
 
 def _draws() -> tuple:
     return torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(), random.random()
@@ -30,7 +32,7 @@ def test_rng_states_round_trip_through_a_weights_only_load(tmp_path):
 def test_cuda_rng_state_is_saved_only_where_the_process_has_started_cuda(monkeypatch):
     """Asking CUDA for its RNG state starts CUDA: a CPU run's checkpoint holds none, on a GPU machine too; a GPU
     run's holds it."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    pretend_gpus(monkeypatch, 1)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a: pytest.fail("CUDA was started by rng_state"))
     assert "cuda" not in checkpoint.rng_state()

@@ -35,12 +35,13 @@ def run_device(table: Table) -> str:
     return resolve_device("auto" if chosen is None else chosen).type
 
 
-def default_launcher(table: Table) -> list[str]:
+def default_launcher(device: str) -> list[str]:
     """One process per GPU: torchrun over the GPUs of this machine when there are several and the runs train on
-    them, else plain python (runs on the CPU: one process, as the number of GPUs says nothing about them)."""
+    them (`device`: run_device's), else plain python (runs on the CPU: one process, as the number of GPUs says
+    nothing about them)."""
     import torch
 
-    gpus = torch.cuda.device_count() if run_device(table) == "cuda" else 0
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
     if gpus > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
     return [sys.executable]
@@ -52,9 +53,9 @@ class Outcome:
     status: str  # done (before this call) | trained | failed | blocked (its CochlScene run failed) | preempted
 
 
-def run_local(table: Table, launcher: list[str] | None = None) -> list[Outcome]:
-    """Train every run that is not done, in plan order; stops at a pre-emption (rerun to resume)."""
-    launcher = launcher or default_launcher(table)
+def run_local(table: Table, launcher: list[str]) -> list[Outcome]:
+    """Train every run that is not done, in plan order, each started with `launcher`; stops at a pre-emption
+    (rerun to resume)."""
     logs = table.folder / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runs = table.runs()
